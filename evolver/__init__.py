@@ -1,0 +1,1 @@
+"""evolver: reflective evolution of programs."""

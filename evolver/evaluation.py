@@ -1,0 +1,214 @@
+"""Evaluate a candidate on instances through a sandbox, with the store as a cache keyed by git tree.
+
+Instances not yet evaluated for this (task digest, tree) are split into batches and run on parallel
+sandbox workers; each finished batch is saved at once, so Ctrl-C or a crash loses at most the batches in
+flight. Failures of the sandbox itself (not the candidate) are reported but never cached.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .sandbox.base import Sandbox, SandboxJob, SandboxLimits, SandboxRun
+from .store import EvaluationRow, Store
+from .task import SPLITS, Task
+
+# Not the candidate's fault: never cached, so the next evaluation tries again.
+UNCACHED_STATUSES = frozenset({"evaluator_error", "sandbox_error"})
+MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    instance: str
+    split: str | None
+    status: str
+    score: float
+    objectives: dict[str, float | None]
+    feedback: str
+    profile: tuple[dict[str, Any], ...] = ()
+    usage: dict[str, float] | None = None
+    stdout: str = ""
+    stderr: str = ""
+    cached: bool = False
+    trusted: bool = True
+    backend: str = ""
+    repeats: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance, "split": self.split, "status": self.status, "score": self.score,
+            "objectives": self.objectives, "feedback": self.feedback, "profile": list(self.profile),
+            "usage": self.usage, "stdout": self.stdout, "stderr": self.stderr, "cached": self.cached,
+            "trusted_scores": self.trusted, "backend": self.backend, "repeats": self.repeats,
+        }
+
+
+@dataclass(frozen=True)
+class CandidateRef:
+    """What the evaluator needs of a candidate: its tree (cache key) and a way to get its files."""
+
+    sha: str
+    tree: str
+    archive: Callable[[], bytes] = field(compare=False, repr=False)
+
+
+def limits_for(task: Task) -> SandboxLimits:
+    s = task.sandbox
+    return SandboxLimits(timeout_s=task.timeout_s, memory_mb=s.memory_mb, cpus=s.cpus,
+                         max_processes=s.max_processes, output_limit_mb=s.output_limit_mb)
+
+
+def default_workers(task: Task) -> int:
+    if task.sandbox.workers > 0:
+        return task.sandbox.workers
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _row_from_payload(rec: dict[str, Any], split: str | None, repeat: int, backend: str, trusted: bool) -> EvaluationRow:
+    return EvaluationRow(
+        instance=str(rec["instance"]), repeat=repeat, split=split, status=str(rec.get("status", "error")),
+        score=float(rec.get("score") or 0.0), objectives=dict(rec.get("objectives") or {}),
+        feedback=str(rec.get("feedback", "")), profile=list(rec.get("profile") or []), usage=rec.get("usage"),
+        stdout=str(rec.get("stdout", "")), stderr=str(rec.get("stderr", "")), backend=backend, trusted=trusted)
+
+
+def _sandbox_failure_rows(run: SandboxRun, batch: Sequence[tuple[str, str | None, int]]) -> list[EvaluationRow]:
+    harness_error = (run.payload or {}).get("error") if run.error is None else None
+    if harness_error:
+        status, feedback = "evaluator_error", f"The task's evaluator failed (not the candidate's fault): {harness_error}"
+    else:
+        detail = f"{run.error or 'the sandbox failed'}\n{run.stderr_tail[-1500:]}".strip()
+        status, feedback = "sandbox_error", f"The sandbox failed (not the candidate's fault): {detail}"
+    return [EvaluationRow(instance=i, repeat=r, split=s, status=status, score=0.0, objectives={},
+                          feedback=feedback, profile=[],
+                          usage=None, stdout="", stderr="", backend=run.backend, trusted=True)
+            for i, s, r in batch]
+
+
+def aggregate(rows: Sequence[EvaluationRow], cached: bool) -> InstanceResult:
+    """Fold the repeats of one instance: median score and objectives; the first failure wins the status."""
+    first = rows[0]
+    failing = next((r for r in rows if r.status != "ok"), None)
+    shown = failing or first
+    names = {k for r in rows for k in r.objectives}
+    objectives: dict[str, float | None] = {}
+    for k in sorted(names):
+        vals = [r.objectives[k] for r in rows if r.objectives.get(k) is not None]
+        objectives[k] = statistics.median(vals) if vals else None  # type: ignore[type-var]
+    return InstanceResult(
+        instance=first.instance, split=first.split, status=shown.status,
+        score=statistics.median(r.score for r in rows), objectives=objectives, feedback=shown.feedback,
+        profile=tuple(shown.profile), usage=shown.usage, stdout=shown.stdout, stderr=shown.stderr,
+        cached=cached, trusted=all(r.trusted for r in rows), backend=shown.backend, repeats=len(rows))
+
+
+class Evaluator:
+    def __init__(self, task: Task, sandbox: Sandbox, store: Store, workers: int | None = None) -> None:
+        self.task, self.sandbox, self.store = task, sandbox, store
+        self.workers = workers or default_workers(task)
+        self.limits = limits_for(task)
+
+    def _job(self, archive: bytes, instances: tuple[str, ...], mode: str | None = None) -> SandboxJob:
+        return SandboxJob(
+            mode=mode or self.task.kind, archive=archive, task_root=self.task.root,
+            task_files=tuple(self.task.task_files()), instances=instances, evaluator=self.task.evaluator,
+            tests=self.task.tests, profile=self.task.profile, limits=self.limits)
+
+    def collect_tests(self, candidate: CandidateRef) -> list[str]:
+        """pytest tasks without an instances file: the test ids, collected in the sandbox."""
+        run = self.sandbox.run(self._job(candidate.archive(), (), mode="collect"))
+        if not run.ok or (run.payload or {}).get("error"):
+            from .errors import EvolverError
+
+            reason = run.error or (run.payload or {}).get("error")
+            raise EvolverError(f"collecting the task's tests failed: {reason}")
+        return list((run.payload or {}).get("collected", []))
+
+    def evaluate(self, candidate: CandidateRef, instances: Sequence[tuple[str, str | None]], *,
+                 use_cache: bool = True, on_progress: Callable[[int, int], None] | None = None
+                 ) -> list[InstanceResult]:
+        """Results for (instance, split) pairs, in the order given."""
+        ids = [i for i, _ in instances]
+        split_of = dict(instances)
+        repeats = self.task.repeats
+        cached = self.store.cached(self.task.digest, candidate.tree, ids) if use_cache else {}
+        todo = [(i, split_of[i], r) for i in ids for r in range(repeats) if (i, r) not in cached]
+        done_rows: dict[tuple[str, int], EvaluationRow] = dict(cached)
+        total, finished = len(ids) * repeats, len(ids) * repeats - len(todo)
+        if on_progress:
+            on_progress(finished, total)
+        if todo:
+            archive = candidate.archive()
+            size = max(1, min(MAX_BATCH, -(-len(todo) // self.workers)))
+            batches = [todo[k : k + size] for k in range(0, len(todo), size)]
+            trusted = self.task.kind == "python"
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="evolver-eval") as pool:
+                futures: dict[Future, list] = {}
+                for b in batches:
+                    futures[pool.submit(self.sandbox.run, self._job(archive, tuple(i for i, _, _ in b)))] = b
+                pending = set(futures)
+                try:
+                    while pending:
+                        ready, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in ready:
+                            rows = self._rows(fut.result(), futures[fut], trusted)
+                            self.store.save_evaluations(
+                                self.task.digest, candidate.tree,
+                                [r for r in rows if r.status not in UNCACHED_STATUSES])
+                            done_rows.update({(r.instance, r.repeat): r for r in rows})
+                            finished += len(rows)
+                            if on_progress:
+                                on_progress(finished, total)
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    raise
+        results = []
+        for i in ids:
+            rows = [done_rows[(i, r)] for r in range(repeats) if (i, r) in done_rows]
+            rows = [r if r.split == split_of[i] else _with_split(r, split_of[i]) for r in rows]
+            results.append(aggregate(rows, cached=all((i, r) in cached for r in range(repeats))))
+        return results
+
+    def _rows(self, run: SandboxRun, batch: list[tuple[str, str | None, int]], trusted: bool) -> list[EvaluationRow]:
+        if not run.ok or (run.payload or {}).get("error"):
+            return _sandbox_failure_rows(run, batch)
+        by_id = {str(r.get("instance")): r for r in (run.payload or {}).get("results", [])}
+        rows = []
+        for instance, split, repeat in batch:
+            rec = by_id.get(instance)
+            if rec is None:
+                rows.extend(_sandbox_failure_rows(run, [(instance, split, repeat)]))
+                continue
+            rows.append(_row_from_payload(rec, split, repeat, run.backend, trusted))
+        return rows
+
+
+def _with_split(row: EvaluationRow, split: str | None) -> EvaluationRow:
+    return replace(row, split=split)
+
+
+def instances_for(task: Task, split: str, collected: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """(instance, split) pairs of one split or of all ('all'), without duplicates."""
+    if task.instances is None:
+        ids = list(collected or [])
+        return [(i, "train") for i in ids] if split in ("all", "train", "val", "test") else []
+    names = SPLITS if split == "all" else (split,)
+    seen: set[str] = set()
+    out = []
+    for s in names:
+        for i in task.instances.split(s):
+            if i not in seen:
+                seen.add(i)
+                out.append((i, s))
+    return out

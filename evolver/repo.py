@@ -1,0 +1,178 @@
+"""Candidates as git commits on branches of a bare repository in the run directory.
+
+The seed folder becomes a root commit on `evolver/<run>/seed`; each candidate is a commit on
+`evolver/<run>/c<N>` whose message carries `Evolver-Parent:` and `Evolver-Kind:` trailers (merges are real
+two-parent commits). A candidate's cache key is its git *tree* sha: two commits with the same files share
+their evaluations. Sandboxes get a tree as a tar archive, never a shared checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from .errors import UserInputError
+
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "evolver",
+    "GIT_AUTHOR_EMAIL": "evolver@localhost",
+    "GIT_COMMITTER_NAME": "evolver",
+    "GIT_COMMITTER_EMAIL": "evolver@localhost",
+}
+EXCLUDES = "__pycache__/\n*.py[cod]\n.pytest_cache/\n.DS_Store\n"
+KINDS = ("seed", "mutation", "merge", "builtin", "manual")
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    tree: str
+    parents: tuple[str, ...]
+    kind: str | None
+    message: str
+
+
+def seed_branch(run: str) -> str:
+    return f"evolver/{run}/seed"
+
+
+def candidate_branch(run: str, n: int) -> str:
+    return f"evolver/{run}/c{n}"
+
+
+class RunRepo:
+    """A bare git repository holding every candidate of a run (or of several runs)."""
+
+    def __init__(self, path: Path, repo: git.Repo) -> None:
+        self.path = path
+        self.repo = repo
+
+    @classmethod
+    def open_or_init(cls, path: str | Path) -> RunRepo:
+        p = Path(path)
+        if (p / "HEAD").exists():
+            repo = git.Repo(p)
+        else:
+            p.mkdir(parents=True, exist_ok=True)
+            repo = git.Repo.init(p, bare=True, initial_branch="main")
+        info = p / "info"
+        info.mkdir(exist_ok=True)
+        (info / "exclude").write_text(EXCLUDES)
+        return cls(p, repo)
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> RunRepo:
+        try:
+            repo = git.Repo(Path(path), search_parent_directories=False)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise UserInputError(f"{path}: expected a git repository, found none") from None
+        return cls(Path(path), repo)
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    def _git(self, *args: str, env: dict[str, str] | None = None, input_bytes: bytes | None = None) -> bytes:
+        full_env = {**os.environ, **IDENTITY, **(env or {})}
+        proc = subprocess.run(["git", f"--git-dir={self.repo.git_dir}", *args], input=input_bytes,
+                              capture_output=True, env=full_env, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"git {' '.join(args[:2])} failed: {proc.stderr.decode(errors='replace')}")
+        return proc.stdout
+
+    def _commit_tree(self, tree: str, parents: tuple[str, ...], message: str) -> str:
+        args = ["commit-tree", tree]
+        for p in parents:
+            args += ["-p", p]
+        return self._git(*args, input_bytes=message.encode()).decode().strip()
+
+    @staticmethod
+    def message(subject: str, kind: str, parents: tuple[str, ...], body: str = "", run: str | None = None) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown candidate kind {kind!r}")
+        trailers = [f"Evolver-Kind: {kind}"] + [f"Evolver-Parent: {p}" for p in parents]
+        if run:
+            trailers.append(f"Evolver-Run: {run}")
+        parts = [subject.strip() or kind, body.strip(), "\n".join(trailers)]
+        return "\n\n".join(p for p in parts if p) + "\n"
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def commit_folder(self, folder: Path, subject: str, kind: str = "seed", parents: tuple[str, ...] = (),
+                      run: str | None = None) -> str:
+        """Commit the files of `folder` (git's excludes apply) as one commit; returns its sha."""
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), "GIT_WORK_TREE": str(folder.resolve())}
+            self._git("add", "-A", "--", ".", env=env)
+            tree = self._git("write-tree", env=env).decode().strip()
+        return self._commit_tree(tree, parents, self.message(subject, kind, parents, run=run))
+
+    def commit_changes(self, parent: str, changes: dict[str, bytes | None], subject: str, kind: str,
+                       body: str = "", extra_parents: tuple[str, ...] = (), run: str | None = None) -> str:
+        """A child of `parent` with files replaced (bytes) or deleted (None); paths are '/'-relative."""
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self._git("read-tree", parent, env=env)
+            for path, content in sorted(changes.items()):
+                if content is None:
+                    self._git("update-index", "--force-remove", "--", path, env=env)
+                    continue
+                blob = self._git("hash-object", "-w", "--stdin", input_bytes=content).decode().strip()
+                self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+            tree = self._git("write-tree", env=env).decode().strip()
+        parents = (parent, *extra_parents)
+        return self._commit_tree(tree, parents, self.message(subject, kind, parents, body, run=run))
+
+    def set_branch(self, name: str, sha: str) -> None:
+        self._git("update-ref", f"refs/heads/{name}", sha)
+
+    def keep_ref(self, name: str, sha: str) -> None:
+        """Keep a commit reachable without a branch (e.g. a replaced seed)."""
+        self._git("update-ref", f"refs/evolver/{name}", sha)
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def resolve(self, ref: str) -> str:
+        """Commit sha of a branch name, tag, or (abbreviated) sha; UserInputError when unknown."""
+        for candidate in (ref, f"refs/heads/{ref}"):
+            try:
+                return self._git("rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}").decode().strip()
+            except RuntimeError:
+                continue
+        branches = [b for b in self.branches() if b.startswith("evolver/")][:8]
+        hint = f"; branches here include {', '.join(branches)}" if branches else ""
+        raise UserInputError(f"{self.path}: --ref: expected a branch or commit of this repository, found "
+                             f"{ref!r} unknown{hint}")
+
+    def branch_sha(self, name: str) -> str | None:
+        try:
+            return self._git("rev-parse", "--verify", "--quiet", f"refs/heads/{name}").decode().strip()
+        except RuntimeError:
+            return None
+
+    def branches(self) -> list[str]:
+        out = self._git("for-each-ref", "--format=%(refname:short)", "refs/heads/").decode()
+        return [line for line in out.splitlines() if line]
+
+    def info(self, sha: str) -> CommitInfo:
+        c = self.repo.commit(sha)
+        kind = None
+        for line in str(c.message).splitlines():
+            if line.startswith("Evolver-Kind:"):
+                kind = line.split(":", 1)[1].strip()
+        return CommitInfo(sha=c.hexsha, tree=c.tree.hexsha, parents=tuple(p.hexsha for p in c.parents),
+                          kind=kind, message=str(c.message))
+
+    def tree_sha(self, sha: str) -> str:
+        return self._git("rev-parse", f"{sha}^{{tree}}").decode().strip()
+
+    def archive(self, sha: str) -> bytes:
+        """The commit's files as an uncompressed tar (what a sandbox extracts)."""
+        return self._git("archive", "--format=tar", sha)
+
+    def read_files(self, sha: str) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for blob in self.repo.commit(sha).tree.traverse():
+            if blob.type == "blob":  # type: ignore[union-attr]
+                out[blob.path] = blob.data_stream.read()  # type: ignore[union-attr]
+        return out

@@ -1,0 +1,271 @@
+"""Local process sandbox: a fresh temp dir per evaluation, the harness in its own session, limits on the
+candidate's processes, a wall-clock watchdog that kills the whole group, a scrubbed environment.
+
+Weaker than the docker backend: no network or filesystem namespace. When evolver runs as root, candidate
+code runs as `nobody` so it cannot write outside its own folder or read the harness's results channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import secrets
+import select
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import threading
+import time
+from functools import lru_cache
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from .base import CHILD_ENV_BASE, SandboxJob, SandboxRun, build_request, harness_package_dir
+
+DIR_PREFIX = "evolver-sbx-"
+STDOUT_CAP = 256 * 1024 * 1024  # the harness's result document
+STDERR_KEEP = 32 * 1024
+
+
+class _CappedReader(threading.Thread):
+    """Drain a pipe, keeping the head (up to `cap`) or head and tail (`keep` each side)."""
+
+    def __init__(self, stream, cap: int | None = None, keep: int | None = None) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.cap, self.keep = stream, cap, keep
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def run(self) -> None:
+        while chunk := self.stream.read1(65536) if hasattr(self.stream, "read1") else self.stream.read(65536):
+            self.total += len(chunk)
+            if self.cap is not None:
+                room = self.cap - len(self.head)
+                if room > 0:
+                    self.head += chunk[:room]
+            else:
+                assert self.keep is not None
+                room = self.keep - len(self.head)
+                if room > 0:
+                    self.head += chunk[:room]
+                    chunk = chunk[room:]
+                self.tail = (self.tail + chunk)[-self.keep :]
+        self.stream.close()
+
+    def text(self) -> str:
+        data = bytes(self.head)
+        if self.tail:
+            omitted = self.total - len(self.head) - len(self.tail)
+            sep = f"\n[... {omitted} bytes omitted ...]\n".encode() if omitted > 0 else b""
+            data += sep + bytes(self.tail)
+        return data.decode("utf-8", errors="replace")
+
+
+def sweep_stale_dirs(base: str | None = None) -> int:
+    """Remove sandbox dirs left by evolver processes that no longer exist (e.g. after kill -9)."""
+    base_dir = Path(base or tempfile.gettempdir())
+    removed = 0
+    for d in base_dir.glob(DIR_PREFIX + "*"):
+        try:
+            pid = int(d.name[len(DIR_PREFIX) :].split("-")[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _site_paths() -> list[str]:
+    paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    return [p for i, p in enumerate(paths) if p not in paths[:i] and os.path.isdir(p)]
+
+
+@lru_cache(maxsize=1)
+def _child_identity() -> tuple[int | None, int | None, str, str]:
+    """(uid, gid, python, note): who runs candidate code and with which interpreter."""
+    if os.geteuid() != 0:
+        return None, None, sys.executable, "candidate runs as the invoking user"
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        return None, None, sys.executable, "running as root and no 'nobody' user: candidate runs as root"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    options = [sys.executable, os.path.realpath(sys.executable), f"/usr/bin/python{version}",
+               f"/usr/local/bin/python{version}"]
+    for py in dict.fromkeys(options):
+        try:
+            out = subprocess.run([py, "-I", "-S", "-c", "import sys;print('%d.%d' % sys.version_info[:2])"],
+                                 user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+                                 capture_output=True, text=True, timeout=20, cwd="/")
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip() == version:
+            return nobody.pw_uid, nobody.pw_gid, py, f"candidate runs as nobody ({py})"
+    return None, None, sys.executable, (
+        f"running as root and no Python {version} is executable by 'nobody': candidate runs as root "
+        f"(install python{version} system-wide or use the docker backend)")
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    os.chown(path, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, gid)
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class ProcessSandbox:
+    name = "process"
+
+    def __init__(self, base_dir: str | None = None) -> None:
+        self.base_dir = base_dir or tempfile.gettempdir()
+        sweep_stale_dirs(self.base_dir)
+        self.harness_dir = harness_package_dir()
+        self.uid, self.gid, self.child_python, self.identity_note = _child_identity()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "candidate_user": self.identity_note,
+            "network": "not isolated (use the docker backend for no-network)",
+            "filesystem": "fresh temp dir per evaluation; task files read-only to the candidate when it runs "
+                          "as another user",
+            "limits": "rlimits: CPU, address space, file size, open files, processes; wall-clock watchdog",
+            "environment": f"scrubbed: only {', '.join(sorted(CHILD_ENV_BASE))}, HOME, TMPDIR",
+        }
+
+    def close(self) -> None:
+        pass
+
+    def _prepare_dirs(self, job: SandboxJob) -> tuple[Path, Path, Path, Path]:
+        root = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=self.base_dir))
+        root.chmod(0o755)
+        candidate, task, scratch = root / "candidate", root / "task", root / "scratch"
+        candidate.mkdir()
+        with tarfile.open(fileobj=BytesIO(job.archive), mode="r:") as tar:
+            tar.extractall(candidate, filter="data")
+        task.mkdir()
+        for src in job.task_files:
+            dst = task / src.relative_to(job.task_root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        for dirpath, _dirnames, filenames in os.walk(task):
+            os.chmod(dirpath, 0o755)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o644)
+        scratch.mkdir(mode=0o700)
+        if self.uid is not None:
+            _chown_tree(candidate, self.uid, self.gid or self.uid)
+            os.chown(scratch, self.uid, self.gid or self.uid)
+        return root, candidate, task, scratch
+
+    def run(self, job: SandboxJob) -> SandboxRun:
+        started = time.monotonic()
+        root, candidate, task, scratch = self._prepare_dirs(job)
+        nonce = secrets.token_hex(16)
+        request = build_request(
+            job, sandbox_root=str(root), candidate_dir=str(candidate), task_dir=str(task), nonce=nonce,
+            child_python=self.child_python, child_uid=self.uid, child_gid=self.gid,
+            site_paths=_site_paths(), scratch_dir=str(scratch),
+        )
+        argv = [sys.executable, "-I", "-S", "-B", str(self.harness_dir / "run_harness.py")]
+        env = dict(CHILD_ENV_BASE, HOME=str(root), TMPDIR=str(root))
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, cwd=root, env=env, start_new_session=True)
+            out = _CappedReader(proc.stdout, cap=STDOUT_CAP)
+            err = _CappedReader(proc.stderr, keep=STDERR_KEEP)
+            out.start()
+            err.start()
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps(request).encode())
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            status, usage, timed_out = _wait_with_watchdog(proc, job.harness_timeout_s())
+            out.join(10)
+            err.join(10)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        wall = time.monotonic() - started
+        return _to_run(self.name, status, usage, timed_out, wall, out, err, nonce, job)
+
+
+def _wait_with_watchdog(proc: subprocess.Popen, timeout_s: float):
+    timed_out = False
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        if not select.select([pidfd], [], [], timeout_s)[0]:
+            timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            if not select.select([pidfd], [], [], 2.0)[0]:
+                _kill_group(proc.pid)
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        os.close(pidfd)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    _kill_group(proc.pid)  # anything left in the harness's session
+    return status, usage, timed_out
+
+
+def _to_run(backend: str, status: int, usage, timed_out: bool, wall: float, out: _CappedReader,
+            err: _CappedReader, nonce: str, job: SandboxJob) -> SandboxRun:
+    stdout = bytes(out.head).decode("utf-8", errors="replace")
+    stderr = err.text()
+    payload, error = None, None
+    if timed_out:
+        error = f"the harness exceeded its time limit ({job.harness_timeout_s():g} s) and was killed"
+    else:
+        try:
+            doc = json.loads(stdout)
+            if not isinstance(doc, dict) or doc.get("nonce") != nonce:
+                error = "the harness result did not carry this evaluation's nonce (forged or corrupted)"
+            elif doc.get("version") != 1:
+                error = f"harness protocol version {doc.get('version')} (expected 1)"
+            else:
+                payload = doc
+        except ValueError:
+            code = os.waitstatus_to_exitcode(status)
+            error = f"the harness exited ({code}) without a result document: {stderr[-2000:].strip()}"
+    memory_exceeded = bool(payload and any(r.get("status") == "memory" for r in payload.get("results", [])))
+    return SandboxRun(
+        backend=backend,
+        exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+        signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        timed_out=timed_out,
+        memory_exceeded=memory_exceeded,
+        wall_s=round(wall, 6),
+        cpu_s=round(usage.ru_utime + usage.ru_stime, 6),
+        peak_rss_mb=round(usage.ru_maxrss / 1024, 3),
+        stdout_tail=stdout[-2000:] if payload is None else "",
+        stderr_tail=stderr[-4000:],
+        payload=payload,
+        error=error,
+    )

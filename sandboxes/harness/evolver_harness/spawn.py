@@ -1,0 +1,260 @@
+"""Run one untrusted child process under limits and measure it from the outside.
+
+The child's time and memory come from wait4's rusage and the harness's own monotonic clock, never from the
+child, so a candidate that fakes its clock cannot look faster. The harness is a child subreaper: whatever the
+candidate forks and orphans comes back to it and is killed before the next instance runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import os
+import resource
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+TERM_GRACE_S = 0.5
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def harden_self() -> None:
+    """Make the trusted harness unreadable to same-uid processes and adopt orphaned descendants."""
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class ChildLimits:
+    timeout_s: float
+    memory_mb: int
+    file_size_bytes: int
+    max_processes: int
+    open_files: int = 256
+
+
+@dataclass(frozen=True)
+class ChildIdentity:
+    """Who the child runs as: None keeps the harness's uid (non-root hosts, containers)."""
+
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    stdout: str
+    stderr: str
+    stdout_bytes: int
+    stderr_bytes: int
+    result_text: str
+
+
+def _count_processes(uid: int) -> int:
+    n = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    n += 1
+            except OSError:
+                pass
+    return n
+
+
+def _descendants(root_pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: parse after the last ')'.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [root_pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _reap_zombies() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def kill_leftovers() -> int:
+    """Kill every descendant of this process (escaped daemons, fork-bomb remains). Returns how many."""
+    me, killed = os.getpid(), 0
+    for _ in range(50):
+        pids = _descendants(me)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(0.005)
+        _reap_zombies()
+    _reap_zombies()
+    return killed
+
+
+def _read_capped(path: Path, keep: int) -> tuple[str, int]:
+    """Head and tail of a file, decoded leniently (candidate output is data, not necessarily UTF-8)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= 2 * keep:
+            data = f.read()
+            return data.decode("utf-8", errors="replace"), size
+        head = f.read(keep)
+        f.seek(size - keep)
+        tail = f.read(keep)
+    omitted = size - 2 * keep
+    text = (
+        head.decode("utf-8", errors="replace")
+        + f"\n[... {omitted} bytes omitted ...]\n"
+        + tail.decode("utf-8", errors="replace")
+    )
+    return text, size
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[int, resource.struct_rusage, bool]:
+    """Wait for the child with a wall-clock limit; on expiry SIGTERM its group, then SIGKILL."""
+    reaped: list[tuple[int, resource.struct_rusage]] = []
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        pidfd = None  # kernels before 5.3: poll with WNOHANG instead
+
+    def exited_within(seconds: float) -> bool:
+        if pidfd is not None:
+            return bool(select.select([pidfd], [], [], max(seconds, 0))[0])
+        deadline = time.monotonic() + seconds
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                reaped.append((status, usage))
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+
+    timed_out = False
+    try:
+        if not exited_within(timeout_s):
+            timed_out = True
+            for sig, grace in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                if exited_within(grace):
+                    break
+        if not reaped:
+            _, status, usage = os.wait4(proc.pid, 0)
+            reaped.append((status, usage))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    status, usage = reaped[0]
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return status, usage, timed_out
+
+
+def run_child(
+    argv: list[str],
+    job: dict,
+    io_dir: Path,
+    tag: str,
+    limits: ChildLimits,
+    identity: ChildIdentity,
+    cwd: str,
+    env: dict[str, str],
+    keep_output: int,
+) -> ChildRun:
+    job_path = io_dir / f"job-{tag}.json"
+    out_path, err_path, res_path = (io_dir / f"{name}-{tag}" for name in ("stdout", "stderr", "result"))
+    job_path.write_text(json.dumps(job))
+    nproc_base = _count_processes(identity.uid if identity.uid is not None else os.getuid())
+
+    res_fd = os.open(res_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def prepare_child() -> None:  # runs in the forked child before exec
+        os.setsid()
+        cpu = math.ceil(limits.timeout_s) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        mem = limits.memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        nproc = nproc_base + limits.max_processes
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        if identity.uid is not None:
+            os.setgroups([])
+            os.setgid(identity.gid if identity.gid is not None else identity.uid)
+            os.setuid(identity.uid)
+        # Set after the uid change, which clears it: the child must not outlive a killed harness.
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    start = time.monotonic()
+    with open(job_path, "rb") as stdin, open(out_path, "wb") as stdout, open(err_path, "wb") as stderr:
+        proc = subprocess.Popen(
+            [*argv, str(res_fd)],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=(res_fd,),
+            cwd=cwd,
+            env=env,
+            preexec_fn=prepare_child,
+        )
+        os.close(res_fd)
+        status, usage, timed_out = _wait(proc, limits.timeout_s)
+    wall = time.monotonic() - start
+    kill_leftovers()
+    out_text, out_bytes = _read_capped(out_path, keep_output)
+    err_text, err_bytes = _read_capped(err_path, keep_output)
+    result_text = res_path.read_text(encoding="utf-8", errors="replace")
+    for p in (job_path, out_path, err_path, res_path):
+        p.unlink(missing_ok=True)
+    return ChildRun(
+        exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+        signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        timed_out=timed_out,
+        wall_s=round(wall, 6),
+        cpu_s=round(usage.ru_utime + usage.ru_stime, 6),
+        peak_rss_mb=round(usage.ru_maxrss / 1024, 3),
+        stdout=out_text,
+        stderr=err_text,
+        stdout_bytes=out_bytes,
+        stderr_bytes=err_bytes,
+        result_text=result_text,
+    )

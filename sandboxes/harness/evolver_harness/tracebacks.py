@@ -1,0 +1,45 @@
+"""Tracebacks as side information: paths relabelled, frames outside the candidate trimmed.
+
+Absolute sandbox paths change with every evaluation; relabelling them (`candidate/x.py`, `task/y.py`) keeps
+feedback stable, so identical failures fold together and cached results read the same.
+"""
+
+from __future__ import annotations
+
+import traceback
+from types import TracebackType
+
+MAX_FRAMES = 12
+
+
+def relabel(text: str, roots: dict[str, str]) -> str:
+    """Replace each absolute root directory in `text` by its short label."""
+    for root, label in sorted(roots.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(root.rstrip("/") + "/", label + "/")
+    return text
+
+
+def format_exception(
+    exc: BaseException, candidate_dir: str, roots: dict[str, str], keep_all: bool = False
+) -> str:
+    """Format `exc` keeping the frames in candidate files (plus the innermost frame for context).
+
+    Frames of the harness itself are always dropped: they are noise to the reflector.
+    """
+    tb: TracebackType | None = exc.__traceback__
+    summary = traceback.extract_tb(tb)
+    cand = candidate_dir.rstrip("/") + "/"
+    harness_marker = "/evolver_harness/"
+    kept = []
+    for i, frame in enumerate(summary):
+        if harness_marker in frame.filename:
+            continue
+        innermost = i == len(summary) - 1
+        if keep_all or frame.filename.startswith(cand) or innermost:
+            kept.append(frame)
+    if len(kept) > MAX_FRAMES:
+        kept = kept[:2] + kept[-(MAX_FRAMES - 2) :]
+    lines = ["Traceback (most recent call last):\n"]
+    lines.extend(traceback.format_list(kept))
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    return relabel("".join(lines), roots)

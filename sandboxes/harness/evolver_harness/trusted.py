@@ -1,0 +1,276 @@
+"""The trusted side of an evaluation: it never imports candidate code and computes every score itself.
+
+Protocol: the request arrives as one JSON document on stdin (with a nonce the candidate never sees); the
+results leave as one JSON document on the original stdout, which only this process holds. Everything the
+judge prints goes to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .spawn import ChildIdentity, ChildLimits, ChildRun, harden_self, kill_leftovers, run_child
+from .tracebacks import relabel
+
+PROTOCOL_VERSION = 1
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class EvaluatorError(Exception):
+    """The task's own evaluator (prepare/judge) failed: not the candidate's fault."""
+
+
+def _load_evaluator(path: str):
+    spec = importlib.util.spec_from_file_location("task_evaluator", path)
+    if spec is None or spec.loader is None:
+        raise EvaluatorError(f"cannot load evaluator {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["task_evaluator"] = module
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "produce", None)) or not callable(getattr(module, "judge", None)):
+        raise EvaluatorError("the evaluator must define produce(inputs) and judge(instance, inputs, output, usage)")
+    return module
+
+
+def _usage(run: ChildRun) -> dict[str, float]:
+    return {"wall_s": run.wall_s, "cpu_s": run.cpu_s, "peak_rss_mb": run.peak_rss_mb}
+
+
+def _base(instance: str, run: ChildRun | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "instance": instance, "status": "ok", "score": 0.0, "objectives": {}, "feedback": "",
+        "artifacts": {}, "profile": [], "usage": None, "stdout": "", "stderr": "", "exit_code": None,
+        "signal": None,
+    }
+    if run is not None:
+        rec.update(usage=_usage(run), stdout=run.stdout, stderr=run.stderr, exit_code=run.exit_code,
+                   signal=run.signal)
+    return rec
+
+
+def _classify_failure(run: ChildRun, doc: dict | None, limits: ChildLimits) -> tuple[str, str]:
+    """Status and feedback of a child that produced no usable output."""
+    stderr_tail = run.stderr[-1500:].strip()
+    if run.timed_out:
+        return "timeout", f"Timed out: still running after {limits.timeout_s:g} s (wall clock); killed."
+    if run.signal == 24:  # SIGXCPU: the CPU-time rlimit
+        return "timeout", f"Exceeded the CPU-time limit ({math.ceil(limits.timeout_s) + 1} s); killed."
+    if doc is not None and not doc.get("ok", False):
+        kind = doc.get("kind", "error")
+        detail = doc.get("traceback") or doc.get("error", "")
+        if kind == "memory":
+            return "memory", f"Ran out of memory (limit {limits.memory_mb} MB):\n{detail}"
+        if kind == "output_limit":
+            return "output_limit", (
+                f"Wrote more than the output limit ({limits.file_size_bytes // (1024 * 1024)} MB):\n{detail}")
+        if kind == "not_json":
+            return "error", str(doc.get("error", "produce returned a value that is not plain JSON"))
+        if kind == "exit":
+            return "error", f"The candidate called sys.exit() before producing a result:\n{detail}"
+        return "error", detail or "produce failed"
+    if "MemoryError" in run.stderr or "Cannot allocate memory" in run.stderr:
+        return "memory", f"Ran out of memory (limit {limits.memory_mb} MB).\n{stderr_tail}"
+    if run.signal is not None:
+        return "crashed", f"Killed by signal {run.signal} before producing a result.\n{stderr_tail}"
+    return "no_output", (
+        f"Exited with code {run.exit_code} before producing a result (did the candidate exit early?).\n"
+        f"{stderr_tail}")
+
+
+def _verdict(instance: str, raw: Any) -> dict[str, Any]:
+    """Normalise what judge returned (report(...) dict or a bare number)."""
+    if isinstance(raw, bool) or raw is None:
+        raise EvaluatorError(f"judge returned {raw!r}; expected report(...) or a number")
+    if isinstance(raw, (int, float)):
+        raw = {"score": float(raw), "objectives": {}, "feedback": "", "invalid": False, "nonfinite": []}
+    if not isinstance(raw, dict) or "score" not in raw:
+        raise EvaluatorError(f"judge returned {type(raw).__name__}; expected report(...) or a number")
+    if raw.get("instance", instance) != instance:
+        raise EvaluatorError(f"judge reported instance {raw.get('instance')!r} while judging {instance!r}")
+    score = float(raw["score"])
+    objectives = {k: float(v) for k, v in dict(raw.get("objectives") or {}).items()}
+    nonfinite = [k for k, v in [("score", score), *objectives.items()] if not math.isfinite(v)]
+    return {
+        "score": score if math.isfinite(score) else 0.0,
+        "objectives": {k: (v if math.isfinite(v) else None) for k, v in objectives.items()},
+        "feedback": str(raw.get("feedback", "")),
+        "invalid": bool(raw.get("invalid")) or bool(nonfinite),
+        "nonfinite": nonfinite,
+        "artifacts": raw.get("artifacts") or {},
+    }
+
+
+class Harness:
+    def __init__(self, request: dict) -> None:
+        self.req = request
+        self.sandbox_root = Path(request["sandbox_root"])
+        self.io_dir = self.sandbox_root / "harness-io"
+        self.io_dir.mkdir(mode=0o700, exist_ok=True)
+        self.limits = ChildLimits(
+            timeout_s=float(request["timeout_s"]),
+            memory_mb=int(request["memory_mb"]),
+            file_size_bytes=int(request["file_size_limit_bytes"]),
+            max_processes=int(request["max_processes"]),
+        )
+        self.identity = ChildIdentity(request.get("child_uid"), request.get("child_gid"))
+        self.roots = {request["candidate_dir"]: "candidate", request["task_dir"]: "task",
+                      str(PACKAGE_DIR): "harness"}
+        self.argv = [request["child_python"], "-I", "-S", "-B", str(PACKAGE_DIR / "run_child.py")]
+        self.env = dict(request["child_env"])
+        self.counter = 0
+
+    def _job(self, mode: str, **extra: Any) -> dict:
+        return {
+            "mode": mode, "candidate_dir": self.req["candidate_dir"], "task_dir": self.req["task_dir"],
+            "site_paths": self.req.get("site_paths", []), "profile": bool(self.req.get("profile")),
+            "roots": self.roots, **extra,
+        }
+
+    def _child(self, job: dict, timeout_s: float | None = None) -> tuple[ChildRun, dict | None]:
+        self.counter += 1
+        limits = self.limits
+        if timeout_s is not None:
+            limits = ChildLimits(timeout_s, limits.memory_mb, limits.file_size_bytes, limits.max_processes)
+        run = run_child(self.argv, job, self.io_dir, str(self.counter), limits, self.identity,
+                        self.req["candidate_dir"], self.env, int(self.req.get("keep_output_bytes", 4096)))
+        try:
+            doc = json.loads(run.result_text) if run.result_text.strip() else None
+            if doc is not None and not isinstance(doc, dict):
+                doc = None
+        except ValueError:
+            doc = None
+        return run, doc
+
+    # -- evaluator mode -------------------------------------------------------------------------------
+    def run_evaluator(self) -> list[dict]:
+        evaluator_path = str(Path(self.req["task_dir"]) / self.req["evaluator"])
+        # The trusted process sees the task's helpers, never the candidate's files.
+        sys.path.insert(0, self.req["task_dir"])
+        evaluator = _load_evaluator(evaluator_path)
+        results = []
+        for instance in self.req["instances"]:
+            results.append(self._one_instance(evaluator, evaluator_path, instance))
+        return results
+
+    def _evaluator_failure(self, instance: str, run: ChildRun | None, where: str) -> dict:
+        rec = _base(instance, run)
+        rec["status"] = "evaluator_error"
+        rec["feedback"] = relabel(f"The task's evaluator failed in {where} (not the candidate's fault):\n"
+                                  + traceback.format_exc(limit=-8), self.roots)
+        return rec
+
+    def _one_instance(self, evaluator, evaluator_path: str, instance: str) -> dict:
+        try:
+            prepare = getattr(evaluator, "prepare", None)
+            inputs = prepare(instance) if callable(prepare) else {"instance": instance}
+            inputs = json.loads(json.dumps(inputs, allow_nan=False))
+        except Exception:  # noqa: BLE001
+            return self._evaluator_failure(instance, None, "prepare")
+        job = self._job("produce", evaluator_path=evaluator_path, inputs=inputs,
+                        evaluator_label=f"task/{self.req['evaluator']}")
+        run, doc = self._child(job)
+        rec = _base(instance, run)
+        if doc is not None and isinstance(doc.get("profile"), list):
+            rec["profile"] = doc["profile"][:20]
+        if run.timed_out or doc is None or not doc.get("ok"):
+            rec["status"], rec["feedback"] = _classify_failure(run, doc, self.limits)
+            return rec
+        try:
+            output = json.loads(doc["output_json"])
+        except (KeyError, TypeError, ValueError):
+            rec["status"], rec["feedback"] = "error", "The candidate's process returned a malformed result."
+            return rec
+        try:
+            verdict = _verdict(instance, evaluator.judge(instance, inputs, output, _usage(run)))
+        except Exception:  # noqa: BLE001
+            return self._evaluator_failure(instance, run, "judge")
+        rec.update(score=verdict["score"], objectives=verdict["objectives"], feedback=verdict["feedback"],
+                   artifacts=verdict["artifacts"])
+        if verdict["invalid"]:
+            rec["status"] = "invalid"
+            rec["score"] = 0.0
+            if verdict["nonfinite"]:
+                rec["feedback"] += f"\n(non-finite values for: {', '.join(verdict['nonfinite'])})"
+        return rec
+
+    # -- pytest mode ----------------------------------------------------------------------------------
+    def collect_tests(self) -> list[str]:
+        run, doc = self._child(self._job("collect", tests_dir=self.req["tests_dir"]))
+        if doc is None or not doc.get("ok"):
+            _, feedback = _classify_failure(run, doc, self.limits)
+            raise EvaluatorError(f"collecting the tests failed:\n{feedback}\n{run.stdout[-2000:]}")
+        return list(doc.get("collected", []))
+
+    def run_pytest(self) -> list[dict]:
+        ids = list(self.req["instances"])
+        timeout = self.limits.timeout_s * max(1, len(ids))
+        run, doc = self._child(self._job("pytest", tests_dir=self.req["tests_dir"], test_ids=ids), timeout)
+        tests = (doc or {}).get("tests") or {}
+        results = []
+        fail_status, fail_feedback = (None, "")
+        if run.timed_out or doc is None or not doc.get("ok"):
+            fail_status, fail_feedback = _classify_failure(run, doc, ChildLimits(
+                timeout, self.limits.memory_mb, self.limits.file_size_bytes, self.limits.max_processes))
+        for instance in ids:
+            rec = _base(instance, run)
+            rec["usage"] = None  # one process ran every test: per-test usage is not measurable from outside
+            t = tests.get(instance)
+            if t is None:
+                rec["status"] = fail_status or "missing"
+                rec["feedback"] = fail_feedback or (
+                    "The test did not report a result (not collected, or the run ended before it).\n"
+                    + run.stdout[-1500:])
+            else:
+                outcome = t.get("outcome")
+                rec["status"] = {"passed": "ok", "failed": "failed", "skipped": "skipped"}.get(outcome, "error")
+                rec["score"] = 1.0 if outcome == "passed" else 0.0
+                rec["objectives"] = {"duration_s": float(t.get("duration_s", 0.0))}
+                parts = [t.get("message", ""), t.get("traceback", "")]
+                rec["feedback"] = "\n".join(p for p in parts if p).strip()
+                rec["stdout"], rec["stderr"] = t.get("stdout", ""), t.get("stderr", "")
+            results.append(rec)
+        if doc is not None and isinstance(doc.get("profile"), list) and results:
+            results[0]["profile"] = doc["profile"][:20]
+        return results
+
+
+def main() -> None:
+    result_fd = os.dup(1)  # non-inheritable: children never get the results channel
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    harden_self()
+    started = time.monotonic()
+    request = json.loads(sys.stdin.buffer.read())
+    doc: dict[str, Any] = {"version": PROTOCOL_VERSION, "nonce": request.get("nonce"), "results": [],
+                           "error": None, "mode": request.get("mode")}
+    try:
+        if request.get("version") != PROTOCOL_VERSION:
+            raise EvaluatorError(f"harness protocol {PROTOCOL_VERSION}, request says {request.get('version')}")
+        harness = Harness(request)
+        if request["mode"] == "python":
+            doc["results"] = harness.run_evaluator()
+            doc["trusted_scores"] = True
+        elif request["mode"] == "pytest":
+            doc["results"] = harness.run_pytest()
+            doc["trusted_scores"] = False
+        elif request["mode"] == "collect":
+            doc["collected"] = harness.collect_tests()
+        else:
+            raise EvaluatorError(f"unknown mode {request['mode']!r}")
+    except Exception as exc:  # noqa: BLE001 - reported to the host as a harness-level error
+        roots = {request.get("candidate_dir", "/nonexistent"): "candidate",
+                 request.get("task_dir", "/nonexistent"): "task"}
+        doc["error"] = relabel(f"{type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=-6), roots)
+    finally:
+        kill_leftovers()
+    doc["harness_wall_s"] = round(time.monotonic() - started, 6)
+    with os.fdopen(result_fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(doc, allow_nan=False))
