@@ -67,7 +67,7 @@ def _render_eval(report, verbose: bool) -> None:
         console.print(Text(f"{split}: {s['instances']} instances, {s['failed']} failed, mean score "
                            f"{s['mean_score']:.4g}" + (f"; mean over ok: {means}" if means else "")))
     for r in report.results:
-        if r.ok and not verbose:
+        if r.ok and (not verbose or not r.feedback.strip()):
             continue
         body = clip(r.feedback.strip() or "(no feedback)", 3000)
         if not r.ok and r.stderr.strip():

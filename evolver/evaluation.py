@@ -7,16 +7,18 @@ flight. Failures of the sandbox itself (not the candidate) are reported but neve
 
 from __future__ import annotations
 
+import hashlib
 import os
 import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
-from .sandbox.base import Sandbox, SandboxJob, SandboxLimits, SandboxRun
+from .sandbox.base import Sandbox, SandboxJob, SandboxLimits, SandboxRun, harness_package_dir
 from .store import EvaluationRow, Store
-from .task import SPLITS, Task
+from .task import SPLITS, Task, digest_files
 
 # Not the candidate's fault: never cached, so the next evaluation tries again.
 UNCACHED_STATUSES = frozenset({"evaluator_error", "sandbox_error"})
@@ -74,7 +76,9 @@ def default_workers(task: Task) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _row_from_payload(rec: dict[str, Any], split: str | None, repeat: int, backend: str, trusted: bool) -> EvaluationRow:
+def _row_from_payload(
+    rec: dict[str, Any], split: str | None, repeat: int, backend: str, trusted: bool
+) -> EvaluationRow:
     return EvaluationRow(
         instance=str(rec["instance"]), repeat=repeat, split=split, status=str(rec.get("status", "error")),
         score=float(rec.get("score") or 0.0), objectives=dict(rec.get("objectives") or {}),
@@ -85,7 +89,8 @@ def _row_from_payload(rec: dict[str, Any], split: str | None, repeat: int, backe
 def _sandbox_failure_rows(run: SandboxRun, batch: Sequence[tuple[str, str | None, int]]) -> list[EvaluationRow]:
     harness_error = (run.payload or {}).get("error") if run.error is None else None
     if harness_error:
-        status, feedback = "evaluator_error", f"The task's evaluator failed (not the candidate's fault): {harness_error}"
+        status = "evaluator_error"
+        feedback = f"The task's evaluator failed (not the candidate's fault): {harness_error}"
     else:
         detail = f"{run.error or 'the sandbox failed'}\n{run.stderr_tail[-1500:]}".strip()
         status, feedback = "sandbox_error", f"The sandbox failed (not the candidate's fault): {detail}"
@@ -112,11 +117,20 @@ def aggregate(rows: Sequence[EvaluationRow], cached: bool) -> InstanceResult:
         cached=cached, trusted=all(r.trusted for r in rows), backend=shown.backend, repeats=len(rows))
 
 
+@lru_cache(maxsize=1)
+def harness_digest() -> str:
+    """Changes whenever the harness code changes, so stored results of an older harness are not reused."""
+    root = harness_package_dir()
+    return digest_files(root, sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts))
+
+
 class Evaluator:
     def __init__(self, task: Task, sandbox: Sandbox, store: Store, workers: int | None = None) -> None:
         self.task, self.sandbox, self.store = task, sandbox, store
         self.workers = workers or default_workers(task)
         self.limits = limits_for(task)
+        # The cache key of an evaluation: this evaluator (task files, settings) run by this harness.
+        self.cache_key = hashlib.sha256(f"{task.digest}|{harness_digest()}".encode()).hexdigest()
 
     def _job(self, archive: bytes, instances: tuple[str, ...], mode: str | None = None) -> SandboxJob:
         return SandboxJob(
@@ -141,7 +155,7 @@ class Evaluator:
         ids = [i for i, _ in instances]
         split_of = dict(instances)
         repeats = self.task.repeats
-        cached = self.store.cached(self.task.digest, candidate.tree, ids) if use_cache else {}
+        cached = self.store.cached(self.cache_key, candidate.tree, ids) if use_cache else {}
         todo = [(i, split_of[i], r) for i in ids for r in range(repeats) if (i, r) not in cached]
         done_rows: dict[tuple[str, int], EvaluationRow] = dict(cached)
         total, finished = len(ids) * repeats, len(ids) * repeats - len(todo)
@@ -163,7 +177,7 @@ class Evaluator:
                         for fut in ready:
                             rows = self._rows(fut.result(), futures[fut], trusted)
                             self.store.save_evaluations(
-                                self.task.digest, candidate.tree,
+                                self.cache_key, candidate.tree,
                                 [r for r in rows if r.status not in UNCACHED_STATUSES])
                             done_rows.update({(r.instance, r.repeat): r for r in rows})
                             finished += len(rows)

@@ -93,8 +93,9 @@ class _PytestCollector:
             rec["message"] = (crash.message if crash is not None else str(report.longrepr))[:4000]
             excinfo = getattr(report, "_evolver_excinfo", None)
             if excinfo is not None:
+                # Test frames show which call failed; candidate frames show where.
                 rec["traceback"] = format_exception(excinfo, self.job["candidate_dir"], self.job["roots"],
-                                                    keep_all=False)
+                                                    also_keep=(self.job["tests_dir"],))
         elif report.skipped and rec["outcome"] == "passed":
             rec["outcome"] = "skipped"
             if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
@@ -146,10 +147,8 @@ def main(result_fd: int) -> None:
     sys.path[:0] = [job["candidate_dir"], job["task_dir"]]
     sys.path.extend(p for p in job.get("site_paths", []) if p not in sys.path)
     try:
-        if job["mode"] == "produce":
-            doc = _run_produce(job)
-        else:
-            doc = _run_pytest(job, collect_only=job["mode"] == "collect")
+        mode = job["mode"]
+        doc = _run_produce(job) if mode == "produce" else _run_pytest(job, collect_only=mode == "collect")
     except BaseException as exc:  # noqa: BLE001 - every way the candidate fails is side information
         doc = _failure(exc, job)
     for stream in (sys.stdout, sys.stderr):

@@ -20,7 +20,8 @@ def relabel(text: str, roots: dict[str, str]) -> str:
 
 
 def format_exception(
-    exc: BaseException, candidate_dir: str, roots: dict[str, str], keep_all: bool = False
+    exc: BaseException, candidate_dir: str, roots: dict[str, str], keep_all: bool = False,
+    also_keep: tuple[str, ...] = (),
 ) -> str:
     """Format `exc` keeping the frames in candidate files (plus the innermost frame for context).
 
@@ -28,14 +29,14 @@ def format_exception(
     """
     tb: TracebackType | None = exc.__traceback__
     summary = traceback.extract_tb(tb)
-    cand = candidate_dir.rstrip("/") + "/"
+    keep = (candidate_dir.rstrip("/") + "/", *(p.rstrip("/") + "/" for p in also_keep))
     harness_marker = "/evolver_harness/"
     kept = []
     for i, frame in enumerate(summary):
         if harness_marker in frame.filename:
             continue
         innermost = i == len(summary) - 1
-        if keep_all or frame.filename.startswith(cand) or innermost:
+        if keep_all or frame.filename.startswith(keep) or innermost:
             kept.append(frame)
     if len(kept) > MAX_FRAMES:
         kept = kept[:2] + kept[-(MAX_FRAMES - 2) :]

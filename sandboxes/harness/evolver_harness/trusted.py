@@ -233,9 +233,16 @@ class Harness:
                 rec["status"] = {"passed": "ok", "failed": "failed", "skipped": "skipped"}.get(outcome, "error")
                 rec["score"] = 1.0 if outcome == "passed" else 0.0
                 rec["objectives"] = {"duration_s": float(t.get("duration_s", 0.0))}
-                parts = [t.get("message", ""), t.get("traceback", "")]
-                rec["feedback"] = "\n".join(p for p in parts if p).strip()
+                message, tb = t.get("message", ""), t.get("traceback", "")
+                # The traceback ends with the assertion message already; the message alone when there is none.
+                feedback = tb if tb and message.splitlines()[:1] and message.splitlines()[0] in tb else (
+                    "\n".join(p for p in (message, tb) if p))
                 rec["stdout"], rec["stderr"] = t.get("stdout", ""), t.get("stderr", "")
+                if outcome != "passed":
+                    for name in ("stdout", "stderr"):
+                        if rec[name].strip():
+                            feedback += f"\n--- captured {name} ---\n{rec[name][-1500:]}"
+                rec["feedback"] = feedback.strip()
             results.append(rec)
         if doc is not None and isinstance(doc.get("profile"), list) and results:
             results[0]["profile"] = doc["profile"][:20]
