@@ -43,7 +43,8 @@ class FailureGroup:
 
 def _fold_key(r: InstanceResult) -> str:
     # Tracebacks that differ only in object addresses or the instance name are the same failure.
-    return r.status + "\0" + _ADDR.sub("0x…", r.feedback.replace(r.instance, "<instance>"))
+    text = _ADDR.sub("0x…", r.feedback)
+    return r.status + "\0" + re.sub(rf"(?<!\w){re.escape(r.instance)}(?!\w)", "<instance>", text)
 
 
 def group_failures(results: Sequence[InstanceResult]) -> list[FailureGroup]:

@@ -114,12 +114,16 @@ class RunRepo:
         with tempfile.TemporaryDirectory() as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             self._git("read-tree", parent, env=env)
+            # One --index-info batch: "mode sha<TAB>path" adds, mode 0 removes (works in a bare repo).
+            lines = []
             for path, content in sorted(changes.items()):
                 if content is None:
-                    self._git("update-index", "--force-remove", "--", path, env=env)
-                    continue
-                blob = self._git("hash-object", "-w", "--stdin", input_bytes=content).decode().strip()
-                self._git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+                    lines.append(f"0 {'0' * 40}\t{path}")
+                else:
+                    blob = self._git("hash-object", "-w", "--stdin", input_bytes=content).decode().strip()
+                    lines.append(f"100644 {blob}\t{path}")
+            if lines:
+                self._git("update-index", "--index-info", env=env, input_bytes=("\n".join(lines) + "\n").encode())
             tree = self._git("write-tree", env=env).decode().strip()
         parents = (parent, *extra_parents)
         return self._commit_tree(tree, parents, self.message(subject, kind, parents, body, run=run))
