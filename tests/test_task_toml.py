@@ -95,7 +95,7 @@ def test_missing_task_folder_and_file(tmp_path: Path) -> None:
     with pytest.raises(TaskError, match="no such folder"):
         load_task(tmp_path / "absent")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TaskError, match="no task.toml"):
+    with pytest.raises(TaskError, match=r"no task\.toml"):
         load_task(tmp_path / "empty")
 
 

@@ -7,7 +7,6 @@ candidate forks and orphans comes back to it and is killed before the next insta
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import math
@@ -17,8 +16,7 @@ import select
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from collections import namedtuple
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -34,36 +32,18 @@ def harden_self() -> None:
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-@dataclass(frozen=True)
-class ChildLimits:
-    timeout_s: float
-    memory_mb: int
-    file_size_bytes: int
-    max_processes: int
-    open_files: int = 256
+# Plain namedtuples: dataclasses and typing would add ~25 ms to the start of every sandbox process.
+ChildLimits = namedtuple(
+    "ChildLimits", "timeout_s memory_mb file_size_bytes max_processes open_files", defaults=(256,))
 
 
-@dataclass(frozen=True)
-class ChildIdentity:
-    """Who the child runs as: None keeps the harness's uid (non-root hosts, containers)."""
-
-    uid: int | None = None
-    gid: int | None = None
+# Who the child runs as: uid None keeps the harness's uid (non-root hosts, containers).
+ChildIdentity = namedtuple("ChildIdentity", "uid gid", defaults=(None, None))
 
 
-@dataclass(frozen=True)
-class ChildRun:
-    exit_code: int | None
-    signal: int | None
-    timed_out: bool
-    wall_s: float
-    cpu_s: float
-    peak_rss_mb: float
-    stdout: str
-    stderr: str
-    stdout_bytes: int
-    stderr_bytes: int
-    result_text: str
+ChildRun = namedtuple(
+    "ChildRun",
+    "exit_code signal timed_out wall_s cpu_s peak_rss_mb stdout stderr stdout_bytes stderr_bytes result_text")
 
 
 def _count_processes(uid: int) -> int:
@@ -128,9 +108,9 @@ def kill_leftovers() -> int:
     return killed
 
 
-def _read_capped(path: Path, keep: int) -> tuple[str, int]:
+def _read_capped(path: str, keep: int) -> tuple[str, int]:
     """Head and tail of a file, decoded leniently (candidate output is data, not necessarily UTF-8)."""
-    size = path.stat().st_size
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         if size <= 2 * keep:
             data = f.read()
@@ -173,8 +153,10 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[int, resource.struc
         if not exited_within(timeout_s):
             timed_out = True
             for sig, grace in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5.0)):
-                with contextlib.suppress(ProcessLookupError):
+                try:  # not contextlib: its import costs start-up time in every sandbox process
                     os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
                 if exited_within(grace):
                     break
         if not reaped:
@@ -191,7 +173,7 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[int, resource.struc
 def run_child(
     argv: list[str],
     job: dict,
-    io_dir: Path,
+    io_dir: str,
     tag: str,
     limits: ChildLimits,
     identity: ChildIdentity,
@@ -199,9 +181,10 @@ def run_child(
     env: dict[str, str],
     keep_output: int,
 ) -> ChildRun:
-    job_path = io_dir / f"job-{tag}.json"
-    out_path, err_path, res_path = (io_dir / f"{name}-{tag}" for name in ("stdout", "stderr", "result"))
-    job_path.write_text(json.dumps(job))
+    job_path, out_path, err_path, res_path = (
+        os.path.join(io_dir, f"{name}-{tag}") for name in ("job", "stdout", "stderr", "result"))
+    with open(job_path, "w", encoding="utf-8") as f:
+        json.dump(job, f)
     nproc_base = _count_processes(identity.uid if identity.uid is not None else os.getuid())
 
     res_fd = os.open(res_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -242,9 +225,13 @@ def run_child(
     kill_leftovers()
     out_text, out_bytes = _read_capped(out_path, keep_output)
     err_text, err_bytes = _read_capped(err_path, keep_output)
-    result_text = res_path.read_text(encoding="utf-8", errors="replace")
+    with open(res_path, encoding="utf-8", errors="replace") as f:
+        result_text = f.read()
     for p in (job_path, out_path, err_path, res_path):
-        p.unlink(missing_ok=True)
+        try:  # not contextlib: its import costs start-up time in every sandbox process
+            os.unlink(p)
+        except OSError:
+            pass
     return ChildRun(
         exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
