@@ -184,8 +184,11 @@ class Evaluator:
                             if on_progress:
                                 on_progress(finished, total)
                 except BaseException:
+                    # Ctrl-C or an error: stop the batches in flight instead of waiting for them; the
+                    # batches already saved stay saved.
                     for fut in pending:
                         fut.cancel()
+                    self.sandbox.close()
                     raise
         results = []
         for i in ids:

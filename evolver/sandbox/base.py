@@ -7,6 +7,7 @@ document they get back are the same, so results and side information do not depe
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,6 +84,25 @@ class Sandbox(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(doc: Any) -> Any:
+    """The harness document with every lone surrogate replaced by U+FFFD.
+
+    JSON may carry "\\ud800" (a candidate's exception message or output, echoed into feedback), json.loads turns
+    it into a str that is not encodable as UTF-8, and storing or printing it would then fail for the whole
+    evaluation instead of showing one replaced character.
+    """
+    if isinstance(doc, str):
+        return _SURROGATE.sub("\ufffd", doc)
+    if isinstance(doc, list):
+        return [valid_text(v) for v in doc]
+    if isinstance(doc, dict):
+        return {valid_text(k): valid_text(v) for k, v in doc.items()}
+    return doc
 
 
 def harness_package_dir() -> Path:

@@ -16,6 +16,7 @@ import select
 import shutil
 import signal
 import site
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -28,7 +29,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from .base import CHILD_ENV_BASE, SandboxJob, SandboxRun, build_request, harness_package_dir
+from .base import CHILD_ENV_BASE, SandboxJob, SandboxRun, build_request, harness_package_dir, valid_text
 
 DIR_PREFIX = "evolver-sbx-"
 STDOUT_CAP = 256 * 1024 * 1024  # the harness's result document
@@ -139,14 +140,25 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def _traversable_by_others(path: str) -> bool:
+    p = Path(path).resolve()
+    return all(os.stat(d).st_mode & stat.S_IXOTH for d in (p, *p.parents))
+
+
 class ProcessSandbox:
     name = "process"
 
     def __init__(self, base_dir: str | None = None) -> None:
-        self.base_dir = base_dir or tempfile.gettempdir()
-        sweep_stale_dirs(self.base_dir)
         self.harness_dir = harness_package_dir()
         self.uid, self.gid, self.child_python, self.identity_note = _child_identity()
+        self.base_dir = base_dir or tempfile.gettempdir()
+        if self.uid is not None and not _traversable_by_others(self.base_dir):
+            # The candidate runs as another user and must reach its folder: a private TMPDIR will not do.
+            self.identity_note += f" (sandbox dirs in /tmp: {self.base_dir} is not reachable by that user)"
+            self.base_dir = "/tmp"
+        sweep_stale_dirs(self.base_dir)
+        self._live: set[int] = set()  # process groups of running harnesses, killed by close()
+        self._lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -160,7 +172,11 @@ class ProcessSandbox:
         }
 
     def close(self) -> None:
-        pass
+        """Kill every harness still running (Ctrl-C, errors): their batches are reported, not cached."""
+        with self._lock:
+            live = list(self._live)
+        for pgid in live:
+            _kill_group(pgid)
 
     def _prepare_dirs(self, job: SandboxJob) -> tuple[Path, Path, Path, Path]:
         root = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=self.base_dir))
@@ -200,6 +216,8 @@ class ProcessSandbox:
                                     stderr=subprocess.PIPE, cwd=root, env=env, start_new_session=True)
             out = _CappedReader(proc.stdout, cap=STDOUT_CAP)
             err = _CappedReader(proc.stderr, keep=STDERR_KEEP)
+            with self._lock:
+                self._live.add(proc.pid)
             out.start()
             err.start()
             try:
@@ -208,7 +226,11 @@ class ProcessSandbox:
                 proc.stdin.close()
             except BrokenPipeError:
                 pass
-            status, usage, timed_out = _wait_with_watchdog(proc, job.harness_timeout_s())
+            try:
+                status, usage, timed_out = _wait_with_watchdog(proc, job.harness_timeout_s())
+            finally:
+                with self._lock:
+                    self._live.discard(proc.pid)
             out.join(10)
             err.join(10)
         finally:
@@ -244,7 +266,7 @@ def _to_run(backend: str, status: int, usage, timed_out: bool, wall: float, out:
         error = f"the harness exceeded its time limit ({job.harness_timeout_s():g} s) and was killed"
     else:
         try:
-            doc = json.loads(stdout)
+            doc = valid_text(json.loads(stdout))
             if not isinstance(doc, dict) or doc.get("nonce") != nonce:
                 error = "the harness result did not carry this evaluation's nonce (forged or corrupted)"
             elif doc.get("version") != 1:

@@ -27,9 +27,14 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def harden_self() -> None:
-    """Make the trusted harness unreadable to same-uid processes and adopt orphaned descendants."""
+    """Make the trusted harness unreadable to same-uid processes, adopt orphaned descendants, and die with
+    the process that started it (a kill -9 of evolver must not leave evaluations running)."""
+    parent = os.getppid()
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the starter died before the line above took effect
+        os._exit(1)
 
 
 # Plain namedtuples: dataclasses and typing would add ~25 ms to the start of every sandbox process.
@@ -207,6 +212,10 @@ def run_child(
         # Set after the uid change, which clears it: the child must not outlive a killed harness.
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
+    # CPU time is what the harness's reaped children used meanwhile, not the child's wait4 rusage alone: that
+    # misses the processes the child forked and never waited for (adopted by this subreaper and reaped in
+    # kill_leftovers), so a candidate could hide its work in a worker and look cheap.
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     with open(job_path, "rb") as stdin, open(out_path, "wb") as stdout, open(err_path, "wb") as stderr:
         proc = subprocess.Popen(
@@ -223,6 +232,8 @@ def run_child(
         status, usage, timed_out = _wait(proc, limits.timeout_s)
     wall = time.monotonic() - start
     kill_leftovers()
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (children_after.ru_utime + children_after.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
     out_text, out_bytes = _read_capped(out_path, keep_output)
     err_text, err_bytes = _read_capped(err_path, keep_output)
     with open(res_path, encoding="utf-8", errors="replace") as f:
@@ -237,7 +248,7 @@ def run_child(
         signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
         timed_out=timed_out,
         wall_s=round(wall, 6),
-        cpu_s=round(usage.ru_utime + usage.ru_stime, 6),
+        cpu_s=round(max(cpu, usage.ru_utime + usage.ru_stime), 6),
         peak_rss_mb=round(usage.ru_maxrss / 1024, 3),
         stdout=out_text,
         stderr=err_text,

@@ -41,6 +41,34 @@ def _load_evaluator(path: str):
     return module
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _child_json(text: str) -> Any:
+    """Parse what the child wrote. child.py never writes NaN or Infinity: a document that has them is forged,
+    and letting them through would make the harness's own strict result document fail for the whole batch."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+_PROFILE_NUMBERS = ("ncalls", "primitive_calls", "tottime_s", "cumtime_s")
+
+
+def _profile_rows(rows: Any) -> list[dict[str, Any]]:
+    """The child's hot spots, kept only in the shape profiling.hot_spots makes: the child can write anything
+    into its document, and the host renders these rows as they are."""
+    if not isinstance(rows, list):
+        return []
+    kept = []
+    for row in rows[:20]:
+        if not isinstance(row, dict) or not isinstance(row.get("function"), str):
+            continue
+        numbers = {k: row.get(k) for k in _PROFILE_NUMBERS}
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values()):
+            kept.append({"function": row["function"][:500], **numbers})
+    return kept
+
+
 def _usage(run: ChildRun) -> dict[str, float]:
     return {"wall_s": run.wall_s, "cpu_s": run.cpu_s, "peak_rss_mb": run.peak_rss_mb}
 
@@ -66,7 +94,7 @@ def _classify_failure(run: ChildRun, doc: dict | None, limits: ChildLimits) -> t
         return "timeout", f"Exceeded the CPU-time limit ({math.ceil(limits.timeout_s) + 1} s); killed."
     if doc is not None and not doc.get("ok", False):
         kind = doc.get("kind", "error")
-        detail = doc.get("traceback") or doc.get("error", "")
+        detail = str(doc.get("traceback") or doc.get("error", ""))  # the child's document: any JSON at all
         if kind == "memory":
             return "memory", f"Ran out of memory (limit {limits.memory_mb} MB):\n{detail}"
         if kind == "output_limit":
@@ -142,7 +170,7 @@ class Harness:
         run = run_child(self.argv, job, self.io_dir, str(self.counter), limits, self.identity,
                         self.req["candidate_dir"], self.env, int(self.req.get("keep_output_bytes", 4096)))
         try:
-            doc = json.loads(run.result_text) if run.result_text.strip() else None
+            doc = _child_json(run.result_text) if run.result_text.strip() else None
             if doc is not None and not isinstance(doc, dict):
                 doc = None
         except ValueError:
@@ -178,13 +206,13 @@ class Harness:
                         evaluator_label=f"task/{self.req['evaluator']}")
         run, doc = self._child(job)
         rec = _base(instance, run)
-        if doc is not None and isinstance(doc.get("profile"), list):
-            rec["profile"] = doc["profile"][:20]
+        if doc is not None:
+            rec["profile"] = _profile_rows(doc.get("profile"))
         if run.timed_out or doc is None or not doc.get("ok"):
             rec["status"], rec["feedback"] = _classify_failure(run, doc, self.limits)
             return rec
         try:
-            output = json.loads(doc["output_json"])
+            output = _child_json(doc["output_json"])
         except (KeyError, TypeError, ValueError):
             rec["status"], rec["feedback"] = "error", "The candidate's process returned a malformed result."
             return rec
@@ -244,8 +272,8 @@ class Harness:
                             feedback += f"\n--- captured {name} ---\n{rec[name][-1500:]}"
                 rec["feedback"] = feedback.strip()
             results.append(rec)
-        if doc is not None and isinstance(doc.get("profile"), list) and results:
-            results[0]["profile"] = doc["profile"][:20]
+        if doc is not None and results:
+            results[0]["profile"] = _profile_rows(doc.get("profile"))
         return results
 
 
