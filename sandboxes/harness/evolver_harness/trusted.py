@@ -35,7 +35,12 @@ def _load_evaluator(path: str):
     sys.modules["task_evaluator"] = module
     with open(path, "rb") as f:
         code = compile(f.read(), path, "exec")
-    exec(code, module.__dict__)
+    try:
+        exec(code, module.__dict__)
+    except ModuleNotFoundError as exc:
+        raise EvaluatorError(
+            f"{exc}; the trusted half never sees candidate files: import candidate modules inside produce(), "
+            "not at the top of the evaluator") from exc
     if not callable(getattr(module, "produce", None)) or not callable(getattr(module, "judge", None)):
         raise EvaluatorError("the evaluator must define produce(inputs) and judge(instance, inputs, output, usage)")
     return module
