@@ -204,16 +204,11 @@ def test_fork_bomb_is_contained(make_task, run_eval, assert_clean_next, leftover
     assert_clean_next(task, GOOD)
 
 
-# Known limit of the process backend, pinned here: every sandbox runs its candidate as the same user (nobody),
-# so batches that run in parallel (workers > 1) share one process budget (RLIMIT_NPROC counts per user) and
-# may signal each other's processes. A per-sandbox user (or the pids cgroup of a container) would fix both.
-SHARED_USER_XFAIL = pytest.mark.xfail(
-    strict=False, reason="parallel sandboxes share the candidate user: one batch can starve or kill another")
+# Parallel batches run their candidates under different uids: one cannot starve or kill another.
 
 
 @pytest.mark.slow
 @needs_root
-@SHARED_USER_XFAIL
 def test_fork_bomb_does_not_starve_parallel_batches(make_task, run_eval) -> None:
     # The bomb waits for the other batches' children to start (their process budget is counted then), and
     # they start a legitimate helper process while it runs.
@@ -234,7 +229,6 @@ def test_fork_bomb_does_not_starve_parallel_batches(make_task, run_eval) -> None
 
 
 @needs_root
-@SHARED_USER_XFAIL
 def test_a_batch_cannot_kill_a_parallel_batch(make_task, run_eval) -> None:
     body = '''
     time.sleep(0.5)  # the parallel batches' children are running by now

@@ -122,7 +122,7 @@ def _child_identity() -> tuple[int | None, int | None, str, str]:
         except (OSError, subprocess.SubprocessError):
             continue
         if out.returncode == 0 and out.stdout.strip() == version:
-            return nobody.pw_uid, nobody.pw_gid, py, f"candidate runs as nobody ({py})"
+            return nobody.pw_uid, nobody.pw_gid, py, f"candidate runs as an unprivileged uid of its own ({py})"
     return None, None, sys.executable, (
         f"running as root and no Python {version} is executable by 'nobody': candidate runs as root "
         f"(install python{version} system-wide or use the docker backend)")
@@ -138,6 +138,17 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+# When root, each concurrent sandbox runs its candidate under a uid of its own (unnamed, above the usual
+# ranges), so parallel batches cannot signal each other or share one process budget (RLIMIT_NPROC counts
+# per user). The base depends on the pid so that two evolver processes on one machine do not collide.
+UID_BASE = 200_000
+UID_SLOTS = 64
+
+
+def _slot_uid(slot: int) -> int:
+    return UID_BASE + (os.getpid() % 10_000) * UID_SLOTS + slot
 
 
 def _traversable_by_others(path: str) -> bool:
@@ -158,6 +169,7 @@ class ProcessSandbox:
             self.base_dir = "/tmp"
         sweep_stale_dirs(self.base_dir)
         self._live: set[int] = set()  # process groups of running harnesses, killed by close()
+        self._free_slots = list(range(UID_SLOTS))
         self._lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
@@ -178,7 +190,23 @@ class ProcessSandbox:
         for pgid in live:
             _kill_group(pgid)
 
-    def _prepare_dirs(self, job: SandboxJob) -> tuple[Path, Path, Path, Path]:
+    def _take_uid(self) -> tuple[int | None, int | None, int | None]:
+        """(slot, uid, gid) for one run: a uid of its own when candidates run as another user."""
+        if self.uid is None:
+            return None, None, None
+        with self._lock:
+            if not self._free_slots:
+                raise RuntimeError(f"more than {UID_SLOTS} concurrent process sandboxes")
+            slot = self._free_slots.pop()
+        uid = _slot_uid(slot)
+        return slot, uid, uid
+
+    def _release(self, slot: int | None) -> None:
+        if slot is not None:
+            with self._lock:
+                self._free_slots.append(slot)
+
+    def _prepare_dirs(self, job: SandboxJob, uid: int | None, gid: int | None) -> tuple[Path, Path, Path, Path]:
         root = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=self.base_dir))
         root.chmod(0o755)
         candidate, task, scratch = root / "candidate", root / "task", root / "scratch"
@@ -195,18 +223,25 @@ class ProcessSandbox:
             for f in filenames:
                 os.chmod(os.path.join(dirpath, f), 0o644)
         scratch.mkdir(mode=0o700)
-        if self.uid is not None:
-            _chown_tree(candidate, self.uid, self.gid or self.uid)
-            os.chown(scratch, self.uid, self.gid or self.uid)
+        if uid is not None and gid is not None:
+            _chown_tree(candidate, uid, gid)
+            os.chown(scratch, uid, gid)
         return root, candidate, task, scratch
 
     def run(self, job: SandboxJob) -> SandboxRun:
+        slot, uid, gid = self._take_uid()
+        try:
+            return self._run(job, uid, gid)
+        finally:
+            self._release(slot)
+
+    def _run(self, job: SandboxJob, uid: int | None, gid: int | None) -> SandboxRun:
         started = time.monotonic()
-        root, candidate, task, scratch = self._prepare_dirs(job)
+        root, candidate, task, scratch = self._prepare_dirs(job, uid, gid)
         nonce = secrets.token_hex(16)
         request = build_request(
             job, sandbox_root=str(root), candidate_dir=str(candidate), task_dir=str(task), nonce=nonce,
-            child_python=self.child_python, child_uid=self.uid, child_gid=self.gid,
+            child_python=self.child_python, child_uid=uid, child_gid=gid,
             site_paths=_site_paths(), scratch_dir=str(scratch),
         )
         argv = [sys.executable, "-I", "-S", "-B", str(self.harness_dir / "run_harness.py")]
