@@ -129,13 +129,15 @@ class Evaluator:
         self.task, self.sandbox, self.store = task, sandbox, store
         self.workers = workers or default_workers(task)
         self.limits = limits_for(task)
+        # Walked once: every batch of every candidate ships the same task files.
+        self.task_files = tuple(task.task_files())
         # The cache key of an evaluation: this evaluator (task files, settings) run by this harness.
         self.cache_key = hashlib.sha256(f"{task.digest}|{harness_digest()}".encode()).hexdigest()
 
     def _job(self, archive: bytes, instances: tuple[str, ...], mode: str | None = None) -> SandboxJob:
         return SandboxJob(
             mode=mode or self.task.kind, archive=archive, task_root=self.task.root,
-            task_files=tuple(self.task.task_files()), instances=instances, evaluator=self.task.evaluator,
+            task_files=self.task_files, instances=instances, evaluator=self.task.evaluator,
             tests=self.task.tests, profile=self.task.profile, limits=self.limits)
 
     def collect_tests(self, candidate: CandidateRef) -> list[str]:

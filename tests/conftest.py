@@ -20,11 +20,12 @@ import pytest
 from evolver.api import EvalReport, evaluate
 from evolver.evaluation import InstanceResult
 
-DEFAULT_EVALUATE = '''
+EVALUATE_TEMPLATE = '''
+import json
 from evolver_harness import report
 
 def prepare(instance):
-    return {"x": int(instance[1:])}
+    return {{"x": int(instance[1:])}}
 
 def produce(inputs):
     import sol
@@ -32,9 +33,17 @@ def produce(inputs):
 
 def judge(instance, inputs, output, usage):
     ok = output == inputs["x"] * 2
-    return report(instance, 1.0 if ok else 0.0, feedback="" if ok else f"wrong: {output!r}",
-                  runtime_s=usage["cpu_s"])
+    return report(instance, 1.0 if ok else 0.0, feedback="" if ok else {feedback}, {objectives})
 '''
+
+
+def evaluate_source(feedback: str = 'f"wrong: {output!r}"', objectives: str = 'runtime_s=usage["cpu_s"]') -> str:
+    """The tests' evaluator: sol.f(N) must return 2 * N; `feedback` and `objectives` are the judge's
+    expressions for a wrong output's feedback and for the reported objectives."""
+    return EVALUATE_TEMPLATE.format(feedback=feedback, objectives=objectives)
+
+
+DEFAULT_EVALUATE = evaluate_source()
 
 GOOD_SOL = '''
 def f(x):

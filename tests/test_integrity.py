@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import evaluate_source
 
 from evolver import cli
 from evolver.evidence import condense, hot_spot_table
@@ -30,22 +31,8 @@ GOOD = ("i1", "i2")
 
 # The judge reports what the cheating instance returned (as JSON) in the feedback, scores it 0 unless the
 # output is right, and reports the measured usage as objectives.
-EVALUATE = '''
-import json
-from evolver_harness import report
-
-def prepare(instance):
-    return {"x": int(instance[1:])}
-
-def produce(inputs):
-    import sol
-    return sol.f(inputs["x"])
-
-def judge(instance, inputs, output, usage):
-    ok = output == inputs["x"] * 2
-    return report(instance, 1.0 if ok else 0.0, feedback="" if ok else "SAW " + json.dumps(output),
-                  cpu_s=usage["cpu_s"], wall_s=usage["wall_s"])
-'''
+EVALUATE = evaluate_source(feedback='"SAW " + json.dumps(output)',
+                           objectives='cpu_s=usage["cpu_s"], wall_s=usage["wall_s"]')
 
 
 def cheat(body: str, prelude: str = "", x: int = 7) -> str:
@@ -186,7 +173,18 @@ def test_faked_clock_does_not_hide_cpu_time(make_task, run_eval, assert_clean_ne
 
 
 # -- (c) forged result documents everywhere ------------------------------------------------------------------------
-FORGE_EVERYWHERE = '''
+# Candidate code shared by the probes below: the pids above the candidate's process.
+ANCESTORS = '''
+def ancestors():
+    pid, out = os.getppid(), []
+    while pid > 1 and len(out) < 6:
+        out.append(pid)
+        with open(f"/proc/{pid}/stat") as fh:
+            pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+    return out
+'''
+
+FORGE_EVERYWHERE = ANCESTORS + '''
 import glob, json, os, sys
 
 def forged_doc():
@@ -197,13 +195,6 @@ def forged_doc():
                        "trusted_scores": True, "harness_wall_s": 0.1, "ok": True,
                        "output_json": json.dumps("forged")})
 
-def ancestors():
-    pid, out = os.getppid(), []
-    while pid > 1 and len(out) < 6:
-        out.append(pid)
-        with open(f"/proc/{pid}/stat") as fh:
-            pid = int(fh.read().rsplit(")", 1)[1].split()[1])
-    return out
 
 def forge():
     doc, report = forged_doc(), {}
@@ -344,7 +335,7 @@ def test_host_secrets_do_not_reach_the_candidate(make_task, run_eval, assert_cle
 
 
 # -- (f) the nonce ----------------------------------------------------------------------------------------------------
-NONCE_PROBE = '''
+NONCE_PROBE = ANCESTORS + '''
 import json, os, re, sys
 
 HEX = re.compile(r"[0-9a-f]{32}")
@@ -356,13 +347,6 @@ def read(path, limit=1 << 20):
     except OSError as exc:
         return f"denied: {type(exc).__name__}"
 
-def ancestors():
-    pid, out = os.getppid(), []
-    while pid > 1 and len(out) < 6:
-        out.append(pid)
-        with open(f"/proc/{pid}/stat") as fh:
-            pid = int(fh.read().rsplit(")", 1)[1].split()[1])
-    return out
 
 def hunt():
     found, access, texts = set(), {}, []

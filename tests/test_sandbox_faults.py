@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import evaluate_source
 from evolver_harness import spawn
 
 from evolver import cli
@@ -381,21 +382,8 @@ def test_background_daemon_does_not_outlive_the_instance(make_task, run_eval, as
 
 
 # -- (j) bytes that are not UTF-8, terminal escapes, lone surrogates --------------------------------------------------
-HOSTILE_TEXT_EVALUATE = '''
-from evolver_harness import report
-
-def prepare(instance):
-    return {"x": int(instance[1:])}
-
-def produce(inputs):
-    import sol
-    return sol.f(inputs["x"])
-
-def judge(instance, inputs, output, usage):
-    ok = output == inputs["x"] * 2
-    # Echoes the output as it is (not repr): a judge may well do so.
-    return report(instance, 1.0 if ok else 0.0, feedback="" if ok else f"wrong: {output}")
-'''
+# Echoes the output as it is (not repr): a judge may well do so.
+HOSTILE_TEXT_EVALUATE = evaluate_source(feedback='f"wrong: {output}"', objectives="")
 
 HOSTILE_SOL = r'''
 import sys

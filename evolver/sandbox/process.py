@@ -97,9 +97,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _site_paths() -> list[str]:
+@lru_cache(maxsize=1)
+def _site_paths() -> tuple[str, ...]:
     paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
-    return [p for i, p in enumerate(paths) if p not in paths[:i] and os.path.isdir(p)]
+    return tuple(p for i, p in enumerate(paths) if p not in paths[:i] and os.path.isdir(p))
 
 
 @lru_cache(maxsize=1)
@@ -242,7 +243,7 @@ class ProcessSandbox:
         request = build_request(
             job, sandbox_root=str(root), candidate_dir=str(candidate), task_dir=str(task), nonce=nonce,
             child_python=self.child_python, child_uid=uid, child_gid=gid,
-            site_paths=_site_paths(), scratch_dir=str(scratch),
+            site_paths=list(_site_paths()), scratch_dir=str(scratch),
         )
         argv = [sys.executable, "-I", "-S", "-B", str(self.harness_dir / "run_harness.py")]
         env = dict(CHILD_ENV_BASE, HOME=str(root), TMPDIR=str(root))

@@ -12,21 +12,12 @@ import json
 import os
 import sys
 
+from .modules import load_file_module
+
 TYPE_CHECKING = False  # typing costs ~15 ms of start-up in every sandbox process
 if TYPE_CHECKING:
     from typing import Any
 
-
-
-def _load_module(path: str, name: str):
-    # compile+exec instead of importlib.util: the same module semantics for a single file, less start-up.
-    module = type(sys)(name)
-    module.__file__ = path
-    sys.modules[name] = module
-    with open(path, "rb") as f:
-        code = compile(f.read(), path, "exec")
-    exec(code, module.__dict__)
-    return module
 
 
 def format_exception(*args, **kwargs) -> str:
@@ -64,7 +55,7 @@ def _failure(exc: BaseException, job: dict) -> dict:
 
 
 def _run_produce(job: dict) -> dict:
-    evaluator = _load_module(job["evaluator_path"], "task_evaluator")
+    evaluator = load_file_module(job["evaluator_path"])
     produce = getattr(evaluator, "produce", None)
     if produce is None:
         raise AttributeError(f"{job['evaluator_label']} defines no produce(inputs) function")

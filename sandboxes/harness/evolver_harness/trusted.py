@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 
+from .modules import load_file_module
 from .spawn import ChildIdentity, ChildLimits, ChildRun, harden_self, kill_leftovers, run_child
 from .tracebacks import relabel
 
@@ -30,13 +31,8 @@ class EvaluatorError(Exception):
 
 
 def _load_evaluator(path: str):
-    module = type(sys)("task_evaluator")
-    module.__file__ = path
-    sys.modules["task_evaluator"] = module
-    with open(path, "rb") as f:
-        code = compile(f.read(), path, "exec")
     try:
-        exec(code, module.__dict__)
+        module = load_file_module(path)
     except ModuleNotFoundError as exc:
         raise EvaluatorError(
             f"{exc}; the trusted half never sees candidate files: import candidate modules inside produce(), "
