@@ -14,7 +14,6 @@ import os
 import resource
 import select
 import signal
-import subprocess
 import time
 from collections import namedtuple
 
@@ -132,11 +131,46 @@ def _read_capped(path: str, keep: int) -> tuple[str, int]:
     return text, size
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[int, resource.struct_rusage, bool]:
+def _spawn(argv: list[str], stdio: tuple[int, int, int], keep_fd: int, cwd: str, env: dict[str, str],
+           prepare) -> int:
+    """fork + execve with `prepare()` run in between (limits, uid). Not subprocess: importing it costs ~5 ms
+    of every harness start, and the harness is single-threaded, so a plain fork is safe."""
+    err_r, err_w = os.pipe()  # both close-on-exec: EOF on a successful exec, the error text otherwise
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+            os.set_inheritable(keep_fd, True)
+            os.closerange(3, keep_fd)
+            os.closerange(keep_fd + 1, max(keep_fd + 1, err_w))
+            os.closerange(err_w + 1, 65536)
+            os.chdir(cwd)
+            prepare()
+            os.execve(argv[0], argv, env)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent through the pipe
+            try:
+                os.write(err_w, f"{type(exc).__name__}: {exc}".encode(errors="replace"))
+            finally:
+                os._exit(127)
+    os.close(err_w)
+    try:
+        chunks = []
+        while chunk := os.read(err_r, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(err_r)
+    if chunks:
+        os.waitpid(pid, 0)
+        raise OSError(f"could not start the candidate's process: {b''.join(chunks).decode(errors='replace')}")
+    return pid
+
+
+def _wait(pid: int, timeout_s: float) -> tuple[int, resource.struct_rusage, bool]:
     """Wait for the child with a wall-clock limit; on expiry SIGTERM its group, then SIGKILL."""
     reaped: list[tuple[int, resource.struct_rusage]] = []
     try:
-        pidfd: int | None = os.pidfd_open(proc.pid)
+        pidfd: int | None = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pidfd = None  # kernels before 5.3: poll with WNOHANG instead
 
@@ -145,8 +179,8 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[int, resource.struc
             return bool(select.select([pidfd], [], [], max(seconds, 0))[0])
         deadline = time.monotonic() + seconds
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
                 reaped.append((status, usage))
                 return True
             if time.monotonic() >= deadline:
@@ -159,19 +193,18 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[int, resource.struc
             timed_out = True
             for sig, grace in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5.0)):
                 try:  # not contextlib: its import costs start-up time in every sandbox process
-                    os.killpg(proc.pid, sig)
+                    os.killpg(pid, sig)
                 except ProcessLookupError:
                     pass
                 if exited_within(grace):
                     break
         if not reaped:
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, usage = os.wait4(pid, 0)
             reaped.append((status, usage))
     finally:
         if pidfd is not None:
             os.close(pidfd)
     status, usage = reaped[0]
-    proc.returncode = os.waitstatus_to_exitcode(status)
     return status, usage, timed_out
 
 
@@ -218,18 +251,12 @@ def run_child(
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     with open(job_path, "rb") as stdin, open(out_path, "wb") as stdout, open(err_path, "wb") as stderr:
-        proc = subprocess.Popen(
-            [*argv, str(res_fd)],
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=(res_fd,),
-            cwd=cwd,
-            env=env,
-            preexec_fn=prepare_child,
-        )
-        os.close(res_fd)
-        status, usage, timed_out = _wait(proc, limits.timeout_s)
+        try:
+            pid = _spawn([*argv, str(res_fd)], (stdin.fileno(), stdout.fileno(), stderr.fileno()), res_fd, cwd,
+                         env, prepare_child)
+        finally:
+            os.close(res_fd)
+        status, usage, timed_out = _wait(pid, limits.timeout_s)
     wall = time.monotonic() - start
     kill_leftovers()
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)

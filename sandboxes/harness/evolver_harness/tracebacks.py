@@ -6,9 +6,6 @@ feedback stable, so identical failures fold together and cached results read the
 
 from __future__ import annotations
 
-import traceback
-from types import TracebackType
-
 MAX_FRAMES = 12
 
 
@@ -27,8 +24,9 @@ def format_exception(
 
     Frames of the harness itself are always dropped: they are noise to the reflector.
     """
-    tb: TracebackType | None = exc.__traceback__
-    summary = traceback.extract_tb(tb)
+    import traceback  # imported here: relabel() alone is on the harness's start-up path
+
+    summary = traceback.extract_tb(exc.__traceback__)
     keep = (candidate_dir.rstrip("/") + "/", *(p.rstrip("/") + "/" for p in also_keep))
     harness_marker = "/evolver_harness/"
     kept = []

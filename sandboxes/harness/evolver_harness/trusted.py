@@ -12,7 +12,6 @@ import math
 import os
 import sys
 import time
-import traceback
 
 from .modules import load_file_module
 from .spawn import ChildIdentity, ChildLimits, ChildRun, harden_self, kill_leftovers, run_child
@@ -24,6 +23,12 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = 1
 PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
+
+
+def _format_exc(limit: int) -> str:
+    import traceback  # only failures pay for traceback's imports (~3 ms of every harness start)
+
+    return traceback.format_exc(limit=limit)
 
 
 class EvaluatorError(Exception):
@@ -193,7 +198,7 @@ class Harness:
         rec = _base(instance, run)
         rec["status"] = "evaluator_error"
         rec["feedback"] = relabel(f"The task's evaluator failed in {where} (not the candidate's fault):\n"
-                                  + traceback.format_exc(limit=-8), self.roots)
+                                  + _format_exc(-8), self.roots)
         return rec
 
     def _one_instance(self, evaluator, evaluator_path: str, instance: str) -> dict:
@@ -304,7 +309,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the host as a harness-level error
         roots = {request.get("candidate_dir", "/nonexistent"): "candidate",
                  request.get("task_dir", "/nonexistent"): "task"}
-        doc["error"] = relabel(f"{type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=-6), roots)
+        doc["error"] = relabel(f"{type(exc).__name__}: {exc}\n" + _format_exc(-6), roots)
     finally:
         kill_leftovers()
     doc["harness_wall_s"] = round(time.monotonic() - started, 6)
