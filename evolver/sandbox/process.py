@@ -37,31 +37,25 @@ STDOUT_CAP = 256 * 1024 * 1024  # the harness's result document
 STDERR_KEEP = 32 * 1024
 
 
-class _CappedReader(threading.Thread):
-    """Drain a pipe, keeping the head (up to `cap`) or head and tail (`keep` each side)."""
+class _CappedBuffer:
+    """What a pipe delivered: the head (up to `cap`), or head and tail (`keep` bytes each side)."""
 
-    def __init__(self, stream, cap: int | None = None, keep: int | None = None) -> None:
-        super().__init__(daemon=True)
-        self.stream, self.cap, self.keep = stream, cap, keep
+    def __init__(self, cap: int | None = None, keep: int | None = None) -> None:
+        self.cap, self.keep = cap, keep
         self.head = bytearray()
         self.tail = bytearray()
         self.total = 0
 
-    def run(self) -> None:
-        while chunk := self.stream.read1(65536) if hasattr(self.stream, "read1") else self.stream.read(65536):
-            self.total += len(chunk)
-            if self.cap is not None:
-                room = self.cap - len(self.head)
-                if room > 0:
-                    self.head += chunk[:room]
-            else:
-                assert self.keep is not None
-                room = self.keep - len(self.head)
-                if room > 0:
-                    self.head += chunk[:room]
-                    chunk = chunk[room:]
-                self.tail = (self.tail + chunk)[-self.keep :]
-        self.stream.close()
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        limit = self.cap if self.cap is not None else self.keep
+        assert limit is not None
+        room = limit - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if self.keep is not None and chunk:
+            self.tail = (self.tail + chunk)[-self.keep :]
 
     def text(self) -> str:
         data = bytes(self.head)
@@ -260,51 +254,73 @@ class ProcessSandbox:
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, cwd=root, env=env, start_new_session=True)
-            out = _CappedReader(proc.stdout, cap=STDOUT_CAP)
-            err = _CappedReader(proc.stderr, keep=STDERR_KEEP)
             with self._lock:
                 self._live.add(proc.pid)
-            out.start()
-            err.start()
             try:
                 assert proc.stdin is not None
-                proc.stdin.write(json.dumps(request).encode())
+                proc.stdin.write(json.dumps(request).encode())  # read whole by the harness before it writes
                 proc.stdin.close()
             except BrokenPipeError:
                 pass
+            out, err = _CappedBuffer(cap=STDOUT_CAP), _CappedBuffer(keep=STDERR_KEEP)
             try:
-                status, usage, timed_out = _wait_with_watchdog(proc, job.harness_timeout_s())
+                status, usage, timed_out = _communicate(proc, out, err, job.harness_timeout_s())
             finally:
                 with self._lock:
                     self._live.discard(proc.pid)
-            out.join(10)
-            err.join(10)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         wall = time.monotonic() - started
         return _to_run(self.name, status, usage, timed_out, wall, out, err, nonce, job)
 
 
-def _wait_with_watchdog(proc: subprocess.Popen, timeout_s: float):
-    timed_out = False
+def _communicate(proc: subprocess.Popen, out: _CappedBuffer, err: _CappedBuffer, timeout_s: float):
+    """Drain the harness's stdout and stderr and wait for it, in one select loop (no reader threads), under
+    a wall-clock watchdog: SIGTERM to its session on expiry, SIGKILL 2 s later."""
+    assert proc.stdout is not None and proc.stderr is not None
+    pipes = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     pidfd = os.pidfd_open(proc.pid)
+    deadline = time.monotonic() + timeout_s
+    timed_out, killed, exited = False, False, False
     try:
-        if not select.select([pidfd], [], [], timeout_s)[0]:
-            timed_out = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            if not select.select([pidfd], [], [], 2.0)[0]:
-                _kill_group(proc.pid)
+        while pipes or not exited:
+            now = time.monotonic()
+            if now >= deadline:
+                if exited or killed:
+                    break  # something of the harness's session still holds a pipe: stop reading
+                timed_out = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                killed = True
+                deadline = now + 2.0
+                continue
+            waiting = [*pipes, *([] if exited else [pidfd])]
+            ready = select.select(waiting, [], [], deadline - now)[0]
+            for fd in ready:
+                if fd == pidfd:
+                    exited = True
+                    _kill_group(proc.pid)  # whatever it left in its session would hold the pipes open
+                    deadline = min(deadline, time.monotonic() + 5.0)
+                    continue
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    pipes[fd].feed(chunk)
+                else:
+                    del pipes[fd]
+        if not exited:
+            _kill_group(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
     finally:
         os.close(pidfd)
+        proc.stdout.close()
+        proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     _kill_group(proc.pid)  # anything left in the harness's session
     return status, usage, timed_out
 
 
-def _to_run(backend: str, status: int, usage, timed_out: bool, wall: float, out: _CappedReader,
-            err: _CappedReader, nonce: str, job: SandboxJob) -> SandboxRun:
+def _to_run(backend: str, status: int, usage, timed_out: bool, wall: float, out: _CappedBuffer,
+            err: _CappedBuffer, nonce: str, job: SandboxJob) -> SandboxRun:
     stdout = bytes(out.head).decode("utf-8", errors="replace")
     stderr = err.text()
     payload, error = None, None
