@@ -1,0 +1,125 @@
+"""Pareto frontiers over validation results and seeded parent selection.
+
+Three views, chosen by the task (`instance`, `objective`, `hybrid`):
+- instance: for each validation instance, the candidates tied for the best score there (GEPA's rule);
+  candidates whose wins are all shared with other survivors are pruned as dominated; a survivor's sampling
+  weight is the number of instances where it is best.
+- objective: candidates not Pareto-dominated over the task's objectives (each max or min), weight 1 each.
+- hybrid: the union of both, weights added.
+A NaN or infinite score, or a missing value, counts as a failure: never best, dominated by any real value.
+Pure functions over plain data; the randomness is a `random.Random` the caller seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+MODES = ("instance", "objective", "hybrid")
+
+
+@dataclass(frozen=True)
+class CandidateScores:
+    """One candidate's validation results: score per instance, and each objective aggregated over them."""
+
+    candidate: str
+    per_instance: Mapping[str, float | None]
+    objectives: Mapping[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Frontier:
+    mode: str
+    members: tuple[str, ...]  # in the order the candidates were given (oldest first)
+    weights: tuple[float, ...]
+    best_on: Mapping[str, frozenset[str]] = field(default_factory=dict)  # instance -> candidates tied best
+
+    def select(self, rng: random.Random) -> str:
+        """A parent, with probability proportional to its weight."""
+        if not self.members:
+            raise ValueError("the frontier is empty: no candidate has a valid score yet")
+        return rng.choices(self.members, weights=self.weights, k=1)[0]
+
+
+def _value(x: float | None) -> float | None:
+    """A usable number, or None for missing, NaN and infinities (failures)."""
+    if x is None or isinstance(x, bool):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def best_per_instance(cands: Sequence[CandidateScores], instances: Sequence[str]) -> dict[str, frozenset[str]]:
+    """Instance -> the candidates tied for its best valid score (instances nobody solved validly are left out)."""
+    out: dict[str, frozenset[str]] = {}
+    for inst in instances:
+        scored = [(c.candidate, v) for c in cands if (v := _value(c.per_instance.get(inst))) is not None]
+        if not scored:
+            continue
+        top = max(v for _, v in scored)
+        out[inst] = frozenset(name for name, v in scored if v == top)
+    return out
+
+
+def _prune_dominated(order: Sequence[str], best_on: Mapping[str, frozenset[str]]) -> list[str]:
+    """Drop candidates every one of whose wins is shared with another survivor (fewest wins dropped first)."""
+    alive = [c for c in order if any(c in s for s in best_on.values())]
+    wins = {c: sum(c in s for s in best_on.values()) for c in alive}
+    changed = True
+    while changed:
+        changed = False
+        for c in sorted(alive, key=lambda x: (wins[x], -order.index(x))):
+            fronts = [s for s in best_on.values() if c in s]
+            if all(any(o != c and o in alive for o in s) for s in fronts):
+                alive.remove(c)
+                changed = True
+                break
+    return alive
+
+
+def _dominates(a: Mapping[str, float | None], b: Mapping[str, float | None], directions: Mapping[str, str]) -> bool:
+    better = False
+    for name, direction in directions.items():
+        va, vb = _value(a.get(name)), _value(b.get(name))
+        if va is None and vb is None:
+            continue
+        if va is None:
+            return False
+        if vb is None:
+            better = True
+            continue
+        if direction == "min":
+            va, vb = -va, -vb
+        if va < vb:
+            return False
+        if va > vb:
+            better = True
+    return better
+
+
+def objective_front(cands: Sequence[CandidateScores], directions: Mapping[str, str]) -> list[str]:
+    """Candidates with a valid primary objective (the first) that no other candidate Pareto-dominates: a
+    candidate whose primary score failed is never on the front, however fast or cheap it is."""
+    primary = next(iter(directions), None)
+    valid = [c for c in cands if primary is not None and _value(c.objectives.get(primary)) is not None]
+    return [c.candidate for c in valid
+            if not any(o is not c and _dominates(o.objectives, c.objectives, directions) for o in valid)]
+
+
+def build_frontier(cands: Sequence[CandidateScores], instances: Sequence[str], directions: Mapping[str, str],
+                   mode: str = "instance") -> Frontier:
+    if mode not in MODES:
+        raise ValueError(f"frontier mode: expected one of {', '.join(MODES)}, found {mode!r}")
+    order = [c.candidate for c in cands]
+    best_on = best_per_instance(cands, instances)
+    weight: dict[str, float] = {}
+    if mode in ("instance", "hybrid"):
+        for c in _prune_dominated(order, best_on):
+            weight[c] = float(sum(c in s for s in best_on.values()))
+    if mode in ("objective", "hybrid"):
+        for c in objective_front(cands, directions):
+            weight[c] = weight.get(c, 0.0) + 1.0
+    members = tuple(c for c in order if c in weight)
+    return Frontier(mode=mode, members=members, weights=tuple(weight[c] for c in members), best_on=best_on)

@@ -1,0 +1,78 @@
+"""Frontiers and parent selection: GEPA's per-instance rule, objective Pareto front, hybrid, failures."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from evolver.engine.frontier import CandidateScores, best_per_instance, build_frontier, objective_front
+
+NAN, INF = float("nan"), float("inf")
+INSTANCES = ("a", "b", "c")
+
+
+def cs(name: str, a, b, c, **objectives) -> CandidateScores:
+    return CandidateScores(name, {"a": a, "b": b, "c": c}, objectives)
+
+
+def test_instance_front_ties_pruning_and_weights() -> None:
+    cands = [
+        cs("seed", 0.5, 0.5, 0.5),
+        cs("c1", 0.9, 0.2, 0.5),   # best on a, tied best on c
+        cs("c2", 0.1, 0.8, 0.5),   # best on b, tied best on c
+        cs("c3", 0.9, 0.1, 0.1),   # tied on a with c1 only: dominated by c1
+    ]
+    best = best_per_instance(cands, INSTANCES)
+    assert best == {"a": {"c1", "c3"}, "b": {"c2"}, "c": {"seed", "c1", "c2"}}
+    f = build_frontier(cands, INSTANCES, {"score": "max"})
+    assert f.members == ("c1", "c2")  # seed's only win (c) is shared with survivors; c3's with c1
+    assert f.weights == (2.0, 2.0)
+
+
+def test_nan_inf_and_missing_are_failures_never_best() -> None:
+    cands = [cs("x", NAN, INF, None), cs("y", 0.0, -1.0, None), cs("z", None, None, None)]
+    best = best_per_instance(cands, INSTANCES)
+    assert best == {"a": {"y"}, "b": {"y"}}
+    f = build_frontier(cands, INSTANCES, {"score": "max"})
+    assert f.members == ("y",)
+    empty = build_frontier([cs("x", NAN, NAN, NAN)], INSTANCES, {"score": "max"})
+    with pytest.raises(ValueError, match="frontier is empty"):
+        empty.select(random.Random(0))
+
+
+def test_identical_candidates_keep_the_oldest() -> None:
+    f = build_frontier([cs("old", 1, 1, 1), cs("new", 1, 1, 1)], INSTANCES, {"score": "max"})
+    assert f.members == ("old",)
+
+
+def test_objective_front_directions_and_missing() -> None:
+    directions = {"score": "max", "runtime_s": "min"}
+    cands = [
+        cs("fast", 0, 0, 0, score=0.6, runtime_s=1.0),
+        cs("good", 0, 0, 0, score=0.9, runtime_s=3.0),
+        cs("worse", 0, 0, 0, score=0.5, runtime_s=2.0),   # dominated by fast
+        cs("broken", 0, 0, 0, score=NAN, runtime_s=0.1),  # fastest, but its primary score is a failure
+        cs("none", 0, 0, 0),                              # no objectives at all: not a member
+        cs("slow", 0, 0, 0, score=0.95, runtime_s=None),  # a missing secondary objective counts as worst
+    ]
+    assert objective_front(cands, directions) == ["fast", "good", "slow"]
+
+
+def test_hybrid_adds_weights() -> None:
+    cands = [cs("p", 1.0, 0.0, 0.0, score=0.33, cost=5.0), cs("q", 0.0, 1.0, 1.0, score=0.66, cost=9.0)]
+    f = build_frontier(cands, INSTANCES, {"score": "max", "cost": "min"}, mode="hybrid")
+    assert dict(zip(f.members, f.weights, strict=True)) == {"p": 2.0, "q": 3.0}
+    with pytest.raises(ValueError, match="frontier mode"):
+        build_frontier(cands, INSTANCES, {}, mode="islands")
+
+
+def test_selection_is_seeded_and_proportional() -> None:
+    cands = [cs("p", 1, 0, 0), cs("q", 0, 1, 1)]
+    f = build_frontier(cands, INSTANCES, {"score": "max"})
+    first = [f.select(random.Random(42)) for _ in range(5)]
+    assert first == [f.select(random.Random(42)) for _ in range(5)]
+    rng = random.Random(7)
+    counts = Counter(f.select(rng) for _ in range(3000))
+    assert 0.28 < counts["p"] / 3000 < 0.39  # weight 1 of 3
