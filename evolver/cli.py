@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -29,7 +30,58 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-cache", action="store_true", help="run again even when results are stored")
     e.add_argument("--verbose", "-v", action="store_true", help="also print the feedback of passing instances")
     e.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+
+    r = sub.add_parser("run", help="evolve a task")
+    r.add_argument("task", help="task folder (containing task.toml)")
+    r.add_argument("--model", required=True, help="litellm model string (e.g. openai/gpt-4.1-mini)")
+    r.add_argument("--api-base", help="OpenAI-compatible server (Ollama, vLLM, ...)")
+    r.add_argument("--temperature", type=float, default=0.7)
+    r.add_argument("--max-tokens", type=int, default=4096)
+    r.add_argument("--repair-turns", type=int, default=2, help="tries to fix edits that do not apply")
+    r.add_argument("--llm-cache", help="folder for an opt-in cache of LLM replies keyed by the request")
+    r.add_argument("--run", dest="run_dir", help="run directory (default: runs/<task name>)")
+    r.add_argument("--lessons", help="lesson log to use (share one across runs of a task)")
+    r.add_argument("--minibatch", type=int, default=3, help="train instances per iteration")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--accept", choices=["strict", "ties"], default="strict")
+    r.add_argument("--frontier", choices=["instance", "objective", "hybrid"], default="instance")
+    _budget_args(r)
+    r.add_argument("--workers", type=int, help="parallel sandboxes per evaluation")
+    r.add_argument("--json", action="store_true", help="print the result as JSON at the end, no live view")
+
+    rs = sub.add_parser("resume", help="continue a stopped or killed run")
+    rs.add_argument("run_dir", help="run directory")
+    _budget_args(rs)
+    rs.add_argument("--workers", type=int)
+    rs.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("status", help="a run's frontier, budget and proposals")
+    st.add_argument("run_dir")
+    st.add_argument("--json", action="store_true")
+
+    sh = sub.add_parser("show", help="one candidate: diff vs parent, scores, diagnosis, outcome")
+    sh.add_argument("run_dir")
+    sh.add_argument("candidate", help="seed, best, c<N>, a branch or a sha")
+    sh.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("export", help="a candidate as a branch of the run repository or as a patch file")
+    ex.add_argument("run_dir")
+    ex.add_argument("--candidate", default="best")
+    group = ex.add_mutually_exclusive_group(required=True)
+    group.add_argument("--branch")
+    group.add_argument("--patch")
+    ex.add_argument("--json", action="store_true")
     return p
+
+
+def _budget_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget-evals", type=int, help="evaluator calls (cached results are free)")
+    p.add_argument("--budget-usd", type=float, help="LLM spend in USD")
+    p.add_argument("--budget-minutes", type=float, help="wall time")
+    p.add_argument("--max-iterations", type=int)
+    p.add_argument("--target-score", type=float, help="stop when the best validation score reaches it")
+    p.add_argument("--patience", type=int, help="stop after N iterations without improvement")
+    p.add_argument("--stop-file", help="stop when this file exists")
 
 
 def _fmt(v: Any) -> str:
@@ -110,16 +162,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops as cleanly as Ctrl-C
     try:
         if args.command == "eval":
             return _cmd_eval(args)
+        from . import run_cli
+
+        return run_cli.dispatch(args)
     except EvolverError as exc:
         print(f"evolver: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("evolver: interrupted; results of finished batches are saved in the run's run.db",
+        hint = f"; continue with `evolver resume {args.run_dir}`" if args.command in ("run", "resume") else ""
+        print(f"evolver: interrupted; results of finished steps are saved in the run's run.db{hint}",
               file=sys.stderr)
         return 130
     return 2

@@ -124,6 +124,11 @@ def harness_digest() -> str:
     return digest_files(root, sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts))
 
 
+def cache_key(task: Task) -> str:
+    """The key evaluations are stored under: this evaluator (task files, settings) run by this harness."""
+    return hashlib.sha256(f"{task.digest}|{harness_digest()}".encode()).hexdigest()
+
+
 class Evaluator:
     def __init__(self, task: Task, sandbox: Sandbox, store: Store, workers: int | None = None) -> None:
         self.task, self.sandbox, self.store = task, sandbox, store
@@ -131,8 +136,7 @@ class Evaluator:
         self.limits = limits_for(task)
         # Walked once: every batch of every candidate ships the same task files.
         self.task_files = tuple(task.task_files())
-        # The cache key of an evaluation: this evaluator (task files, settings) run by this harness.
-        self.cache_key = hashlib.sha256(f"{task.digest}|{harness_digest()}".encode()).hexdigest()
+        self.cache_key = cache_key(task)
 
     def _job(self, archive: bytes, instances: tuple[str, ...], mode: str | None = None) -> SandboxJob:
         return SandboxJob(
@@ -149,6 +153,11 @@ class Evaluator:
             reason = run.error or (run.payload or {}).get("error")
             raise EvolverError(f"collecting the task's tests failed: {reason}")
         return list((run.payload or {}).get("collected", []))
+
+    def missing(self, candidate: CandidateRef, instances: Sequence[str]) -> int:
+        """Evaluator calls that evaluating `instances` would cost now (stored results are free)."""
+        cached = self.store.cached(self.cache_key, candidate.tree, instances)
+        return sum(1 for i in instances for r in range(self.task.repeats) if (i, r) not in cached)
 
     def evaluate(self, candidate: CandidateRef, instances: Sequence[tuple[str, str | None]], *,
                  use_cache: bool = True, on_progress: Callable[[int, int], None] | None = None

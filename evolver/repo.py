@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,25 +109,33 @@ class RunRepo:
             tree = self._git("write-tree", env=env).decode().strip()
         return self._commit_tree(tree, parents, self.message(subject, kind, parents, run=run))
 
-    def commit_changes(self, parent: str, changes: dict[str, bytes | None], subject: str, kind: str,
-                       body: str = "", extra_parents: tuple[str, ...] = (), run: str | None = None) -> str:
-        """A child of `parent` with files replaced (bytes) or deleted (None); paths are '/'-relative."""
+    def tree_of_changes(self, parent: str, changes: Mapping[str, bytes | str | None]) -> str:
+        """The tree sha `parent` would have with `changes` applied (written to the object store, no commit)."""
         with tempfile.TemporaryDirectory() as tmp:
-            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            self._git("read-tree", parent, env=env)
-            # One --index-info batch: "mode sha<TAB>path" adds, mode 0 removes (works in a bare repo).
-            lines = []
-            for path, content in sorted(changes.items()):
-                if content is None:
-                    lines.append(f"0 {'0' * 40}\t{path}")
-                else:
-                    blob = self._git("hash-object", "-w", "--stdin", input_bytes=content).decode().strip()
-                    lines.append(f"100644 {blob}\t{path}")
-            if lines:
-                self._git("update-index", "--index-info", env=env, input_bytes=("\n".join(lines) + "\n").encode())
-            tree = self._git("write-tree", env=env).decode().strip()
+            return self._write_tree(parent, changes, str(Path(tmp) / "index"))
+
+    def commit_changes(self, parent: str, changes: Mapping[str, bytes | str | None], subject: str, kind: str,
+                       body: str = "", extra_parents: tuple[str, ...] = (), run: str | None = None) -> str:
+        """A child of `parent` with files replaced (bytes or text) or deleted (None); '/'-relative paths."""
+        tree = self.tree_of_changes(parent, changes)
         parents = (parent, *extra_parents)
         return self._commit_tree(tree, parents, self.message(subject, kind, parents, body, run=run))
+
+    def _write_tree(self, parent: str, changes: Mapping[str, bytes | str | None], index: str) -> str:
+        env = {"GIT_INDEX_FILE": index}
+        self._git("read-tree", parent, env=env)
+        # One --index-info batch: "mode sha<TAB>path" adds, mode 0 removes (works in a bare repo).
+        lines = []
+        for path, content in sorted(changes.items()):
+            if content is None:
+                lines.append(f"0 {'0' * 40}\t{path}")
+            else:
+                data = content.encode("utf-8") if isinstance(content, str) else content
+                blob = self._git("hash-object", "-w", "--stdin", input_bytes=data).decode().strip()
+                lines.append(f"100644 {blob}\t{path}")
+        if lines:
+            self._git("update-index", "--index-info", env=env, input_bytes=("\n".join(lines) + "\n").encode())
+        return self._git("write-tree", env=env).decode().strip()
 
     def set_branch(self, name: str, sha: str) -> None:
         self._git("update-ref", f"refs/heads/{name}", sha)

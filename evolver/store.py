@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -33,6 +33,23 @@ CREATE TABLE IF NOT EXISTS evaluations (
     created_at REAL NOT NULL,
     UNIQUE (task_digest, tree, instance, repeat));
 CREATE INDEX IF NOT EXISTS evaluations_tree ON evaluations (task_digest, tree);
+CREATE TABLE IF NOT EXISTS runs (
+    name TEXT PRIMARY KEY, task_path TEXT NOT NULL, task_digest TEXT NOT NULL, config TEXT NOT NULL,
+    state TEXT NOT NULL, iteration INTEGER NOT NULL DEFAULT 0, evals_used INTEGER NOT NULL DEFAULT 0,
+    usd_used REAL NOT NULL DEFAULT 0, elapsed_s REAL NOT NULL DEFAULT 0, stop_reason TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS proposals (
+    id INTEGER PRIMARY KEY, run TEXT NOT NULL, iteration INTEGER NOT NULL, kind TEXT NOT NULL,
+    parent_sha TEXT NOT NULL, child_sha TEXT, branch TEXT, status TEXT NOT NULL, reason TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '', diagnosis TEXT NOT NULL DEFAULT '', change TEXT NOT NULL DEFAULT '',
+    minibatch TEXT NOT NULL, parent_score REAL, child_score REAL, val_score REAL,
+    files TEXT NOT NULL DEFAULT '[]', failure_kinds TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS proposals_run ON proposals (run, iteration);
+CREATE TABLE IF NOT EXISTS llm_calls (
+    id INTEGER PRIMARY KEY, run TEXT, proposal_id INTEGER, purpose TEXT NOT NULL, model TEXT NOT NULL,
+    request_hash TEXT NOT NULL, latency_s REAL NOT NULL, attempts INTEGER NOT NULL, prompt_tokens INTEGER,
+    completion_tokens INTEGER, cost_usd REAL, finish_reason TEXT, error TEXT, created_at REAL NOT NULL);
 """
 
 
@@ -65,7 +82,145 @@ class CandidateRow:
     kind: str
 
 
-class Store:
+# -- runs, proposals, LLM calls ---------------------------------------------------------------------------
+PROPOSAL_COLUMNS = ("id", "run", "iteration", "kind", "parent_sha", "child_sha", "branch", "status", "reason",
+                    "detail", "diagnosis", "change", "minibatch", "parent_score", "child_score", "val_score",
+                    "files", "failure_kinds", "created_at", "updated_at")
+_JSON_COLUMNS = {"minibatch", "files", "failure_kinds"}
+
+
+@dataclass(frozen=True)
+class RunRow:
+    name: str
+    task_path: str
+    task_digest: str
+    config: dict[str, Any]
+    state: str  # running | stopped | finished
+    iteration: int
+    evals_used: int
+    usd_used: float
+    elapsed_s: float
+    stop_reason: str | None
+
+
+@dataclass(frozen=True)
+class ProposalRow:
+    id: int
+    run: str
+    iteration: int
+    kind: str
+    parent_sha: str
+    child_sha: str | None
+    branch: str | None
+    status: str  # pending | accepted | rejected | failed
+    reason: str  # accepted | worse | patch_failed | noop | syntax | crashed | llm_error | interrupted ...
+    detail: str
+    diagnosis: str
+    change: str
+    minibatch: list[str]
+    parent_score: float | None
+    child_score: float | None
+    val_score: float | None
+    files: list[str]
+    failure_kinds: list[str]
+    created_at: float
+    updated_at: float
+
+
+class _RunRecords:
+    """Run-level records (runs, proposals, LLM calls), kept in the same SQLite file as the evaluations so
+    one transaction log holds a run's whole state. Mixed into Store, which provides `_db` and `_lock`."""
+
+    _db: sqlite3.Connection
+    _lock: threading.Lock
+
+    def create_run(self, name: str, task_path: str, task_digest: str, config: dict[str, Any]) -> RunRow:
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO runs (name, task_path, task_digest, config, state, created_at, updated_at) "
+                "VALUES (?,?,?,?, 'running', ?, ?)", (name, task_path, task_digest, json.dumps(config), now, now))
+        run = self.run(name)
+        assert run is not None
+        return run
+
+    def run(self, name: str) -> RunRow | None:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT name, task_path, task_digest, config, state, iteration, evals_used, usd_used, elapsed_s, "
+                "stop_reason FROM runs WHERE name=?", (name,)).fetchone()
+        if r is None:
+            return None
+        return RunRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+
+    def update_run(self, name: str, **fields: Any) -> None:
+        allowed = {"state", "iteration", "evals_used", "usd_used", "elapsed_s", "stop_reason", "config"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"unknown run fields {sorted(bad)}")
+        if "config" in fields:
+            fields["config"] = json.dumps(fields["config"])
+        sets = ", ".join(f"{k}=?" for k in fields)
+        with self._lock:
+            self._db.execute(f"UPDATE runs SET {sets}, updated_at=? WHERE name=?",
+                             (*fields.values(), time.time(), name))
+
+    def add_proposal(self, run: str, iteration: int, kind: str, parent_sha: str, minibatch: list[str],
+                     parent_score: float | None) -> int:
+        now = time.time()
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO proposals (run, iteration, kind, parent_sha, status, reason, minibatch, parent_score, "
+                "created_at, updated_at) VALUES (?,?,?,?, 'pending', 'pending', ?,?,?,?)",
+                (run, iteration, kind, parent_sha, json.dumps(minibatch), parent_score, now, now))
+            return int(cur.lastrowid or 0)
+
+    def update_proposal(self, proposal_id: int, **fields: Any) -> None:
+        bad = set(fields) - set(PROPOSAL_COLUMNS[5:18])
+        if bad:
+            raise ValueError(f"unknown proposal fields {sorted(bad)}")
+        values = [json.dumps(v) if k in _JSON_COLUMNS else v for k, v in fields.items()]
+        sets = ", ".join(f"{k}=?" for k in fields)
+        with self._lock:
+            self._db.execute(f"UPDATE proposals SET {sets}, updated_at=? WHERE id=?",
+                             (*values, time.time(), proposal_id))
+
+    def proposals(self, run: str, status: str | None = None, parent_sha: str | None = None,
+                  child_sha: str | None = None) -> list[ProposalRow]:
+        q, args = f"SELECT {', '.join(PROPOSAL_COLUMNS)} FROM proposals WHERE run=?", [run]
+        for col, val in (("status", status), ("parent_sha", parent_sha), ("child_sha", child_sha)):
+            if val is not None:
+                q += f" AND {col}=?"
+                args.append(val)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY id", args).fetchall()
+        out = []
+        for r in rows:
+            d = dict(zip(PROPOSAL_COLUMNS, r, strict=True))
+            for k in _JSON_COLUMNS:
+                d[k] = json.loads(d[k])
+            out.append(ProposalRow(**d))
+        return out
+
+    def record_llm_call(self, run: str | None, proposal_id: int | None, record: Any) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO llm_calls (run, proposal_id, purpose, model, request_hash, latency_s, attempts, "
+                "prompt_tokens, completion_tokens, cost_usd, finish_reason, error, created_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run, proposal_id, record.purpose, record.model, record.request_hash, record.latency_s,
+                 record.attempts, record.prompt_tokens, record.completion_tokens, record.cost_usd,
+                 record.finish_reason, record.error, time.time()))
+
+    def llm_totals(self, run: str) -> dict[str, float]:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(prompt_tokens),0), COALESCE(SUM(completion_tokens),0), "
+                "COALESCE(SUM(cost_usd),0) FROM llm_calls WHERE run=?", (run,)).fetchone()
+        return {"calls": r[0], "prompt_tokens": r[1], "completion_tokens": r[2], "usd": float(r[3])}
+
+
+class Store(_RunRecords):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,8 +232,9 @@ class Store:
         with self._lock:
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            if row is None or int(row[0]) < SCHEMA_VERSION:  # older files gained their new tables above
+                self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
+                                 (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} was written by a newer evolver (schema {row[0]}); upgrade evolver")
 

@@ -16,8 +16,11 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 MODES = ("instance", "objective", "hybrid")
+# Statuses where the candidate failed to produce a result: no score to be best with.
+FAILED_STATUSES = frozenset({"error", "timeout", "memory", "crashed", "no_output", "output_limit"})
 
 
 @dataclass(frozen=True)
@@ -123,3 +126,19 @@ def build_frontier(cands: Sequence[CandidateScores], instances: Sequence[str], d
             weight[c] = weight.get(c, 0.0) + 1.0
     members = tuple(c for c in order if c in weight)
     return Frontier(mode=mode, members=members, weights=tuple(weight[c] for c in members), best_on=best_on)
+
+
+def scores_from_results(candidate: str, results: Sequence[Any], directions: Mapping[str, str]) -> CandidateScores:
+    """A candidate's validation results (objects with instance, status, score, objectives) as frontier input.
+
+    `score` is the mean over all instances, failures counting 0; any other objective is the mean over the
+    instances only when none failed, else missing: a candidate must not reach the objective front by being
+    fast at failing."""
+    all_ok = all(r.status == "ok" for r in results)
+    mean_score = sum(r.score for r in results) / len(results) if results else 0.0
+    objectives: dict[str, float | None] = {}
+    for name in directions:
+        vals = [v for r in results if (v := r.objectives.get(name)) is not None]
+        objectives[name] = mean_score if name == "score" else (sum(vals) / len(vals) if all_ok and vals else None)
+    per = {r.instance: (r.score if r.status not in FAILED_STATUSES else None) for r in results}
+    return CandidateScores(candidate, per, objectives)

@@ -1,0 +1,67 @@
+"""Budgets and stopping rules of a run, checked before every evaluation batch.
+
+Pure data: the loop keeps a `Usage` up to date and asks `stop_reason` before each batch (with the size of
+the batch it is about to run), so a run never overshoots its evaluator-call budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# After this many proposals in a row that failed to produce an evaluable child, a run says so loudly.
+FAILING_STREAK_WARNING = 5
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_evals: int | None = None  # evaluator calls (instances actually run, cache hits are free)
+    max_usd: float | None = None
+    max_seconds: float | None = None
+    max_iterations: int | None = None
+    target_score: float | None = None  # stop when the best validation score reaches it
+    patience: int | None = None  # stop after this many iterations without a better validation score
+    stop_file: str | None = None  # stop when this file exists
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Budget:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Usage:
+    evals: int = 0
+    usd: float = 0.0
+    seconds: float = 0.0
+    iterations: int = 0
+    best_score: float | None = None
+    since_improvement: int = 0
+
+
+def evals_exhausted(budget: Budget, usage: Usage, next_evals: int) -> str | None:
+    """Checked before every evaluation batch: the evaluator-call budget is never overshot."""
+    if budget.max_evals is not None and next_evals and usage.evals + next_evals > budget.max_evals:
+        return f"evaluator-call budget: {usage.evals} used of {budget.max_evals}, the next batch needs {next_evals}"
+    return None
+
+
+def stop_reason(budget: Budget, usage: Usage) -> str | None:
+    """Checked between iterations: why the run must stop now, or None to go on."""
+    if budget.stop_file and Path(budget.stop_file).exists():
+        return f"stop file {budget.stop_file} exists"
+    if budget.max_evals is not None and usage.evals >= budget.max_evals:
+        return f"evaluator-call budget: {usage.evals} used of {budget.max_evals}"
+    if budget.max_usd is not None and usage.usd >= budget.max_usd:
+        return f"USD budget: {usage.usd:.4f} used of {budget.max_usd:g}"
+    if budget.max_seconds is not None and usage.seconds >= budget.max_seconds:
+        return f"time budget: {usage.seconds:.0f} s of {budget.max_seconds:g} s"
+    if budget.max_iterations is not None and usage.iterations >= budget.max_iterations:
+        return f"iteration budget: {usage.iterations} of {budget.max_iterations}"
+    if budget.target_score is not None and usage.best_score is not None and usage.best_score >= budget.target_score:
+        return f"target score reached: {usage.best_score:.4g} >= {budget.target_score:g}"
+    if budget.patience is not None and usage.since_improvement >= budget.patience:
+        return f"no improvement for {usage.since_improvement} iterations (patience {budget.patience})"
+    return None

@@ -1,0 +1,92 @@
+"""The lesson log: what each proposal diagnosed, what it changed, and how that turned out.
+
+One JSON object per line in `lessons.jsonl` (shareable across runs of a task with `--lessons FILE`). The
+reflector gets the lessons that matter most for the candidate at hand: same files, same failure kinds,
+recent first, under a size budget. A line torn by a kill -9 is skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Lesson:
+    task: str
+    run: str
+    iteration: int
+    parent: str
+    child: str | None
+    files: tuple[str, ...]
+    failure_kinds: tuple[str, ...]
+    diagnosis: str
+    change: str
+    outcome: str  # accepted | rejected | failed
+    reason: str  # accepted | worse | noop | patch_failed | syntax | crashed | llm_error ...
+    delta: float | None = None  # child minus parent on the minibatch
+    created_at: float = field(default_factory=time.time)
+
+    def line(self) -> str:
+        delta = f" {self.delta:+.4g}" if self.delta is not None else ""
+        files = ", ".join(self.files) or "-"
+        text = f"[{self.outcome}: {self.reason}{delta}] ({files}) diagnosis: {self.diagnosis.strip()}"
+        if self.change.strip():
+            text += f" | change: {self.change.strip()}"
+        return " ".join(text.split())
+
+
+class LessonLog:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def append(self, lesson: Lesson) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(asdict(lesson), ensure_ascii=False) + "\n"
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def load(self, task: str | None = None) -> list[Lesson]:
+        if not self.path.exists():
+            return []
+        out = []
+        for raw in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                d = json.loads(raw)
+                lesson = Lesson(**{**d, "files": tuple(d["files"]), "failure_kinds": tuple(d["failure_kinds"])})
+            except (ValueError, TypeError, KeyError):
+                continue  # a torn or foreign line
+            if task is None or lesson.task == task:
+                out.append(lesson)
+        return out
+
+
+def relevant(lessons: Sequence[Lesson], files: Iterable[str], failure_kinds: Iterable[str],
+             budget: int = 2500) -> str:
+    """The lessons that matter for a parent touching `files` and failing with `failure_kinds`, as lines."""
+    files, kinds = set(files), set(failure_kinds)
+    n = len(lessons)
+
+    def rank(item: tuple[int, Lesson]) -> float:
+        i, lesson = item
+        shared = 2 * len(files & set(lesson.files)) + 2 * len(kinds & set(lesson.failure_kinds))
+        return shared + (i + 1) / max(n, 1)  # recency breaks ties and favours the newest
+
+    lines, used = [], 0
+    for _, lesson in sorted(enumerate(lessons), key=rank, reverse=True):
+        line = "- " + lesson.line()
+        if len(line) > 600:
+            line = line[:597] + "..."
+        if used + len(line) > budget:
+            break
+        lines.append(line)
+        used += len(line) + 1
+    return "\n".join(lines)

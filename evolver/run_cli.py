@@ -1,0 +1,201 @@
+"""Rendering of the run verbs (run, resume, status, show, export): tables, the live view, JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from .evidence import sanitize
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class LiveView:
+    """The live terminal view of a run: iteration, budget used, best objectives, frontier, last outcome."""
+
+    def __init__(self, budget: dict[str, Any], enabled: bool) -> None:
+        self.budget, self.enabled = budget, enabled
+        self.console = Console(stderr=True)
+        self.last = "starting: evaluating the seed on the validation split"
+        self.live: Live | None = None
+
+    def __enter__(self) -> LiveView:
+        if self.enabled:
+            self.live = Live(self._render(None), console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def _render(self, event) -> Table:
+        t = Table(show_header=False, box=None)
+        if event is None:
+            t.add_row("status", Text(self.last))
+            return t
+        u = event.usage
+        t.add_row("iteration", str(event.iteration))
+        b = self.budget
+        t.add_row("evaluator calls", f"{u.evals}" + (f" / {b['max_evals']}" if "max_evals" in b else ""))
+        t.add_row("USD", f"{u.usd:.4f}" + (f" / {b['max_usd']:g}" if "max_usd" in b else ""))
+        t.add_row("time", f"{u.seconds:.0f} s" + (f" / {b['max_seconds']:g} s" if "max_seconds" in b else ""))
+        best = ", ".join(f"{k} {_fmt(v)}" for k, v in (event.best or {}).items())
+        t.add_row("best (val)", best or "-")
+        t.add_row("frontier", str(event.frontier_size))
+        t.add_row("last", Text(sanitize(self.last)))
+        return t
+
+    def __call__(self, event) -> None:
+        self.last = event.message
+        if event.kind == "warning":
+            self.console.print(Text(f"warning: {event.message}", style="bold yellow"))
+        if self.live is not None:
+            self.live.update(self._render(event))
+        elif event.kind != "warning":
+            self.console.print(Text(f"[{event.iteration}] {sanitize(event.message)}"))
+
+
+def budget_from_args(args: argparse.Namespace):
+    from .engine.budget import Budget
+
+    return Budget(max_evals=args.budget_evals, max_usd=args.budget_usd,
+                  max_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
+                  max_iterations=args.max_iterations, target_score=args.target_score, patience=args.patience,
+                  stop_file=args.stop_file)
+
+
+def _print_result(result, as_json: bool) -> None:
+    doc = dict(result.__dict__)
+    if as_json:
+        json.dump(doc, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return
+    console = Console()
+    console.print(Text(f"stopped: {result.stop_reason}"))
+    console.print(Text(f"{result.iterations} iterations, {result.evals} evaluator calls, ${result.usd:.4f}, "
+                       f"{result.seconds:.0f} s"))
+    best = ", ".join(f"{k} {_fmt(v)}" for k, v in (result.best_objectives or {}).items())
+    console.print(Text(f"best: {result.best_branch or result.best} ({best})"))
+    console.print(Text(f"frontier: {len(result.frontier)} candidates; `evolver status {result.run_dir}`"))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .engine.loop import LoopConfig
+    from .runs import ModelConfig, start_run
+    from .task import load_task
+
+    if args.run_dir is None:
+        args.run_dir = str(Path("runs") / load_task(args.task).name)
+    model = ModelConfig(model=args.model, api_base=args.api_base, temperature=args.temperature,
+                        max_tokens=args.max_tokens, repair_turns=args.repair_turns, cache_dir=args.llm_cache)
+    loop = LoopConfig(minibatch=args.minibatch, accept=args.accept, frontier=args.frontier, seed=args.seed)
+    budget = budget_from_args(args)
+    with LiveView(budget.to_json(), enabled=sys.stderr.isatty() and not args.json) as view:
+        result = start_run(args.task, model, budget, run_dir=args.run_dir, loop=loop, lessons=args.lessons,
+                           workers=args.workers, on_event=view)
+    _print_result(result, args.json)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from .runs import resume_run
+
+    budget = budget_from_args(args)
+    override = budget if budget.to_json() else None
+    with LiveView((override or budget).to_json(), enabled=sys.stderr.isatty() and not args.json) as view:
+        result = resume_run(args.run_dir, budget=override, workers=args.workers, on_event=view)
+    _print_result(result, args.json)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .views import status
+
+    doc = status(args.run_dir)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    console = Console()
+    console.print(Text(f"run {doc['run']} ({doc['task']}): {doc['state']}"
+                       + (f", stopped: {doc['stop_reason']}" if doc["stop_reason"] else "")))
+    llm = doc["llm"]
+    console.print(Text(f"{doc['iterations']} iterations, {doc['evals_used']} evaluator calls, "
+                       f"{llm['calls']} LLM calls ({llm['prompt_tokens']}+{llm['completion_tokens']} tokens, "
+                       f"${doc['usd_used']:.4f}), {doc['elapsed_s']:.0f} s; model {doc['model']}"))
+    names = sorted({k for c in doc["candidates"] for k in c["objectives"]}, key=lambda k: k != "score")
+    table = Table(title="accepted candidates (validation)", title_justify="left")
+    for col in ("candidate", "frontier", "wins", *names):
+        table.add_column(col, justify="left" if col == "candidate" else "right")
+    for c in doc["candidates"]:
+        table.add_row(c["candidate"] + (" (best)" if c["candidate"] == doc["best"] else ""),
+                      "yes" if c["on_frontier"] else "", _fmt(c["wins"]),
+                      *(_fmt(c["objectives"].get(n)) for n in names))
+    console.print(table)
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(doc["proposals"].items()))
+    console.print(Text(f"proposals: {outcomes or 'none yet'}"))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .views import show
+
+    doc = show(args.run_dir, args.candidate)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    console = Console()
+    console.print(Text(f"{doc['candidate']} {doc['sha'][:12]} on {doc['branch']} (parent "
+                       f"{(doc['parent'] or '-')[:12]}), {doc['kind']}: {doc['status']}"
+                       + (f" ({doc['reason']})" if doc["reason"] else "")))
+    for label in ("diagnosis", "change", "detail"):
+        if doc[label]:
+            console.print(Panel(Text(sanitize(doc[label])), title=label, title_align="left"))
+    if doc["child_minibatch_sum"] is not None or doc["parent_minibatch_sum"] is not None:
+        console.print(Text(f"minibatch sum: child {_fmt(doc['child_minibatch_sum'])} vs parent "
+                           f"{_fmt(doc['parent_minibatch_sum'])}"))
+    if doc["val"]:
+        table = Table(title="validation", title_justify="left")
+        for col in ("instance", "status", "score"):
+            table.add_column(col)
+        for inst, r in doc["val"].items():
+            table.add_row(inst, r["status"], _fmt(r["score"]))
+        console.print(table)
+    if doc["diff"]:
+        console.print(Syntax(doc["diff"], "diff", theme="ansi_dark"))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .views import export
+
+    doc = export(args.run_dir, args.candidate, branch=args.branch, patch=args.patch)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        what = f"branch {doc['branch']}; {doc['fetch']}" if "branch" in doc else f"{doc['patch']}; {doc['apply']}"
+        Console().print(Text(f"{doc['candidate']} ({doc['sha'][:12]}) exported: {what}"))
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    handlers = {"run": _cmd_run, "resume": _cmd_resume, "status": _cmd_status, "show": _cmd_show,
+                "export": _cmd_export}
+    return handlers[args.command](args)

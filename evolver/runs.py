@@ -1,0 +1,171 @@
+"""Runs: create, resume and inspect an evolution run directory (repo/, run.db, lessons.jsonl).
+
+The run's settings (task, model, budget, loop settings) are stored in run.db at creation, so `resume`
+needs nothing but the run directory; flags given to `resume` override the stored ones (a larger budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .engine.budget import Budget
+from .engine.loop import Engine, Event, LoopConfig
+from .errors import UserInputError
+from .evaluation import Evaluator
+from .lessons import LessonLog
+from .repo import RunRepo, seed_branch
+from .sandbox import make_sandbox
+from .store import Store
+from .task import load_task
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str
+    api_base: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 4096
+    repair_turns: int = 2
+    timeout_s: float = 120.0
+    cache_dir: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: str
+    stop_reason: str
+    best: str | None
+    best_branch: str | None
+    best_objectives: dict[str, float | None] | None
+    frontier: tuple[str, ...]
+    iterations: int
+    evals: int
+    usd: float
+    seconds: float
+
+
+def check_model(model: ModelConfig) -> None:
+    """Fail early, with what to set, when no LLM call could succeed."""
+    if model.model == "builtin":
+        raise UserInputError("--model builtin: expected an LLM model string, found 'builtin': the LLM-free "
+                             "proposer is not in this version yet; use a litellm model (e.g. openai/gpt-4.1-mini) "
+                             "or a local server with --api-base")
+    from .llm import resolve_credentials
+
+    problem = resolve_credentials(model.model, model.api_base)
+    if problem:
+        raise UserInputError(problem)
+
+
+def _make_proposer(model: ModelConfig, store: Store, run: str):
+    check_model(model)
+    from .llm import LLM, LLMConfig
+    from .proposers.reflective import ReflectiveProposer
+
+    llm = LLM(LLMConfig(model=model.model, api_base=model.api_base, temperature=model.temperature,
+                        max_tokens=model.max_tokens, timeout_s=model.timeout_s, cache_dir=model.cache_dir),
+              on_call=lambda record: store.record_llm_call(run, None, record))
+    return ReflectiveProposer(llm, repair_turns=model.repair_turns)
+
+
+def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | None,
+            budget_override: Budget | None, workers: int | None) -> tuple[Engine, str]:
+    name = run_dir.resolve().name
+    row = store.run(name)
+    assert row is not None
+    task = load_task(row.task_path)
+    if task.digest != row.task_digest:
+        raise UserInputError(f"{row.task_path}: the task's files changed since run {name} began; results would "
+                             "not be comparable. Start a new run (evolver run --run DIR)")
+    cfg = row.config
+    budget = budget_override or Budget.from_json(cfg["budget"])
+    if budget_override is not None:
+        store.update_run(name, config={**cfg, "budget": budget.to_json()})
+    repo = RunRepo.open_or_init(run_dir / "repo")
+    seed = repo.branch_sha(seed_branch(name))
+    if seed is None:
+        seed = repo.commit_folder(task.seed_dir, f"seed of {task.name}", kind="seed", run=name)
+        repo.set_branch(seed_branch(name), seed)
+        store.record_candidate(name, seed, repo.tree_sha(seed), seed_branch(name), (), "seed")
+    sandbox = make_sandbox(task.sandbox.backend)
+    evaluator = Evaluator(task, sandbox, store, workers=workers or cfg.get("workers"))
+    model = ModelConfig(**cfg["model"])
+    engine = Engine(task=task, run=name, repo=repo, store=store, evaluator=evaluator,
+                    proposer=_make_proposer(model, store, name), lessons=LessonLog(cfg["lessons"]),
+                    budget=budget, config=LoopConfig(**cfg["loop"]), on_event=on_event,
+                    usd_spent=lambda: store.llm_totals(name)["usd"])
+    return engine, seed
+
+
+def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None, workers: int | None) -> RunResult:
+    name = run_dir.resolve().name
+    engine, seed = _engine(run_dir, store, on_event, budget_override, workers)
+    store.update_run(name, state="running", stop_reason=None)
+    try:
+        engine.start(seed)
+        reason = engine.run()
+    except KeyboardInterrupt:
+        engine._tick()
+        store.update_run(name, state="stopped", stop_reason="interrupted")
+        raise
+    finally:
+        engine.evaluator.sandbox.close()
+    best = engine.best()
+    best_branch = None
+    if best is not None:
+        cand = store.candidate(best)
+        best_branch = cand.branch if cand else None
+    return RunResult(run_dir=str(run_dir), stop_reason=reason, best=best, best_branch=best_branch,
+                     best_objectives=engine.best_objectives(), frontier=engine.frontier().members,
+                     iterations=engine.usage.iterations, evals=engine.usage.evals, usd=engine.usage.usd,
+                     seconds=engine.usage.seconds)
+
+
+def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_dir: str | Path | None = None,
+              loop: LoopConfig | None = None, lessons: str | None = None, workers: int | None = None,
+              on_event: Callable[[Event], None] | None = None) -> RunResult:
+    task = load_task(task_path)
+    if task.instances is None or not task.instances.train or not task.instances.val:
+        raise UserInputError(f"{task.root / 'task.toml'}: [evaluate] instances: expected train and val instances "
+                             "for an evolution run, found none in one of them")
+    check_model(model)  # before anything is written
+    path = Path(run_dir) if run_dir is not None else Path("runs") / task.name
+    if (path / "run.db").exists():
+        probe = Store(path / "run.db")
+        try:
+            if probe.run(path.resolve().name) is not None:
+                raise UserInputError(f"{path}: expected a new run directory, found an existing run; use "
+                                     f"`evolver resume {path}` or pick another --run")
+        finally:
+            probe.close()
+    name = path.resolve().name
+    store = Store(path / "run.db")
+    try:
+        store.record_task(task.digest, task.name, str(task.root), {"objectives": task.objectives})
+        config = {"model": model.to_json(), "budget": budget.to_json(), "loop": (loop or LoopConfig()).to_json(),
+                  "lessons": str(Path(lessons).resolve()) if lessons else str((path / "lessons.jsonl").resolve()),
+                  "workers": workers}
+        store.create_run(name, str(task.root), task.digest, config)
+        return _drive(path, store, on_event, None, workers)
+    finally:
+        store.close()
+
+
+def resume_run(run_dir: str | Path, *, budget: Budget | None = None, workers: int | None = None,
+               on_event: Callable[[Event], None] | None = None) -> RunResult:
+    path = Path(run_dir)
+    if not (path / "run.db").exists():
+        raise UserInputError(f"{path}: expected a run directory (with run.db), found none")
+    store = Store(path / "run.db")
+    try:
+        if store.run(path.resolve().name) is None:
+            raise UserInputError(f"{path}: expected an evolution run, found only evaluations (evolver eval)")
+        return _drive(path, store, on_event, budget, workers)
+    finally:
+        store.close()
