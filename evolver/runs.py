@@ -135,6 +135,9 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
         raise UserInputError(f"{task.root / 'task.toml'}: [evaluate] instances: expected train and val instances "
                              "for an evolution run, found none in one of them")
     check_model(model)  # before anything is written
+    if not any(v is not None for v in (budget.max_evals, budget.max_usd, budget.max_seconds, budget.max_iterations)):
+        raise UserInputError("budget: expected at least one of --budget-evals, --budget-usd, --budget-minutes, "
+                             "--max-iterations, found none (a run needs a limit)")
     path = Path(run_dir) if run_dir is not None else Path("runs") / task.name
     if (path / "run.db").exists():
         probe = Store(path / "run.db")

@@ -25,6 +25,9 @@ from ..task import Task
 from .budget import FAILING_STREAK_WARNING, Budget, Usage, evals_exhausted, stop_reason
 from .frontier import FAILED_STATUSES, CandidateScores, Frontier, build_frontier, scores_from_results
 
+# The LLM is down or misconfigured: more iterations would only repeat the same error.
+LLM_ERROR_STREAK_STOP = 3
+
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -72,6 +75,7 @@ class Engine:
         self.usage = Usage(evals=row.evals_used, usd=row.usd_used, seconds=row.elapsed_s, iterations=row.iteration)
         self.val_scores: dict[str, CandidateScores] = {}  # accepted candidates (sha) -> validation results
         self.failing_streak = 0
+        self.llm_error_streak = 0  # LLM calls that failed after all retries, in a row
         self._clock = time.monotonic()
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -146,6 +150,10 @@ class Engine:
             outcome = self.iterate()
             if outcome is not None:
                 reason = outcome
+                break
+            if self.llm_error_streak >= LLM_ERROR_STREAK_STOP:
+                reason = (f"the LLM failed {self.llm_error_streak} times in a row after retries; see "
+                          "`evolver show` of the last proposal, fix the model or server, then `evolver resume`")
                 break
         self._tick()
         self.store.update_run(self.run_name, state="stopped", stop_reason=reason)
@@ -251,6 +259,7 @@ class Engine:
         self._emit("iteration", f"proposal {pid} failed ({proposal.failure}): {proposal.detail[:100]}")
 
     def _count_failure(self, reason: str) -> None:
+        self.llm_error_streak = self.llm_error_streak + 1 if reason == "llm_error" else 0
         self.failing_streak += 1
         self.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
         if self.failing_streak == FAILING_STREAK_WARNING:

@@ -1,0 +1,148 @@
+"""The evolution loop end to end: scripted LLM over real HTTP (litellm's code path), real sandbox, git, SQLite."""
+
+# ruff: noqa: F811 - pytest fixtures are imported from the shared server module by name
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from llm_server import ScriptedLLMServer, scripted_llm  # noqa: F401
+
+from evolver.engine.budget import Budget
+from evolver.engine.loop import LoopConfig
+from evolver.repo import RunRepo
+from evolver.runs import ModelConfig, resume_run, start_run
+from evolver.views import show, status
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBSHOP = ROOT / "tasks" / "jobshop"
+
+
+def edit(search: str, replace: str, path: str = "dispatch.py", diagnosis: str = "SPT starts long jobs late.",
+         change: str = "Prefer the job with most work remaining.") -> str:
+    return (f"## Diagnosis\n{diagnosis}\n## Change\n{change}\n## Edits\n{path}\n<<<<<<< SEARCH\n{search}\n"
+            f"=======\n{replace}\n>>>>>>> REPLACE\n")
+
+
+MWKR = edit("    return duration", "    return -work_remaining")
+SEED_RULE = (JOBSHOP / "seed" / "dispatch.py").read_text()
+
+
+def whole_file(expression: str) -> str:
+    """A reply that rewrites the whole file: it applies whatever the parent is."""
+    body = SEED_RULE.replace("    return duration", f"    return {expression}")
+    return f"## Diagnosis\nTry a weighted rule.\n## Change\nUse {expression}.\n\n```python dispatch.py\n{body}```\n"
+BROKEN = edit("    return durration", "    return -work_remaining")
+
+
+def run(server: ScriptedLLMServer, tmp_path: Path, budget: Budget, **loop) -> object:
+    return start_run(JOBSHOP, ModelConfig(model="openai/test-model", api_base=server.api_base, repair_turns=1),
+                     budget, run_dir=tmp_path / "run", loop=LoopConfig(**loop))
+
+
+def test_improving_edit_moves_the_frontier_and_is_recorded(scripted_llm, tmp_path: Path) -> None:
+    scripted_llm.add(MWKR)
+    result = run(scripted_llm, tmp_path, Budget(max_iterations=1))
+    assert result.best_branch == "evolver/run/c1"
+    assert result.best_objectives["gap_pct"] < 25  # MWKR on val, from SPT's 28.8
+    doc = status(tmp_path / "run")
+    assert doc["best"] == "c1" and doc["proposals"] == {"accepted:accepted": 1}
+    assert doc["llm"]["calls"] == 1 and doc["llm"]["prompt_tokens"] > 0
+    shown = show(tmp_path / "run", "c1")
+    assert "-work_remaining" in shown["diff"] and shown["diagnosis"] == "SPT starts long jobs late."
+    repo = RunRepo.open_or_init(tmp_path / "run" / "repo")
+    info = repo.info(repo.resolve("evolver/run/c1"))
+    assert info.kind == "mutation" and info.parents == (repo.resolve("evolver/run/seed"),)
+    lessons = (tmp_path / "run" / "lessons.jsonl").read_text().splitlines()
+    assert json.loads(lessons[0])["outcome"] == "accepted"
+    # The prompt: objective, the file, scores, and the side information fenced as untrusted data.
+    prompt = scripted_llm.prompts()[0]
+    assert "def priority(" in prompt and "Scores on this minibatch" in prompt
+    assert "<<<UNTRUSTED" in prompt and "| " in prompt.split("<<<UNTRUSTED", 1)[1]
+
+
+def test_malformed_edit_gets_a_repair_turn(scripted_llm, tmp_path: Path) -> None:
+    scripted_llm.add(BROKEN, MWKR)
+    result = run(scripted_llm, tmp_path, Budget(max_iterations=1))
+    assert result.best_branch == "evolver/run/c1"
+    repair = scripted_llm.prompts()[1]
+    assert "could not be applied" in repair and "return durration" in repair
+
+
+def test_rejections_truncated_noop_not_mutable_and_worse(scripted_llm, tmp_path: Path) -> None:
+    scripted_llm.add(
+        {"text": MWKR[:-30], "finish_reason": "length"},                    # cut off: never applied
+        edit("    return duration", "    return duration"),                  # no-op
+        edit("x = 1", "x = 2", path="evaluate.py"), edit("x = 1", "x = 2", path="evaluate.py"),  # not mutable
+        edit("    return duration", "    return -duration"),                 # LPT: worse than SPT
+    )
+    run(scripted_llm, tmp_path, Budget(max_iterations=4))
+    reasons = [k for k in status(tmp_path / "run")["proposals"]]
+    assert sorted(reasons) == ["failed:noop", "failed:not_mutable", "failed:truncated", "rejected:worse"]
+    repo = RunRepo.open_or_init(tmp_path / "run" / "repo")
+    assert [b for b in repo.branches() if b.startswith("evolver/run/c")] == ["evolver/run/c4"]  # only the LPT child
+
+
+def test_rate_limit_is_retried_and_accounted(scripted_llm, tmp_path: Path) -> None:
+    scripted_llm.add({"status": 429, "retry_after": 0}, MWKR)
+    run(scripted_llm, tmp_path, Budget(max_iterations=1))
+    db = sqlite3.connect(tmp_path / "run" / "run.db")
+    assert db.execute("SELECT attempts, error FROM llm_calls").fetchall() == [(2, None)]
+
+
+def test_eval_budget_is_never_exceeded(scripted_llm, tmp_path: Path) -> None:
+    scripted_llm.add(*[whole_file(f"duration * {k} - work_remaining") for k in range(2, 30)])
+    result = run(scripted_llm, tmp_path, Budget(max_evals=40), minibatch=3)
+    assert result.evals <= 40 and "evaluator-call budget" in result.stop_reason
+    db = sqlite3.connect(tmp_path / "run" / "run.db")
+    assert db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] == result.evals
+
+
+def test_same_seed_same_selections(tmp_path: Path) -> None:
+    picks = []
+    for attempt in range(2):
+        with ScriptedLLMServer() as server:
+            server.add(*[edit("    return duration", "    return duration + 0") for _ in range(3)])
+            run(server, tmp_path / str(attempt), Budget(max_iterations=3), seed=7)
+        db = sqlite3.connect(tmp_path / str(attempt) / "run" / "run.db")
+        # Commit shas differ between runs (timestamps): compare the parents' branches.
+        picks.append(db.execute("SELECT c.branch, p.minibatch FROM proposals p JOIN candidates c "
+                                "ON c.sha = p.parent_sha ORDER BY p.id").fetchall())
+    assert picks[0] == picks[1] and len(picks[0]) == 3
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with ScriptedLLMServer() as server:
+        server.add(MWKR, {"delay_s": 60, "text": MWKR})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "evolver.cli", "run", str(JOBSHOP), "--model", "openai/test-model",
+             "--api-base", server.api_base, "--run", str(run_dir), "--max-iterations", "3", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+        deadline = time.monotonic() + 120
+        while len(server.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(server.requests) == 2, proc.stderr.read().decode() if proc.poll() is not None else "no 2nd call"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    db = sqlite3.connect(run_dir / "run.db")
+    assert db.execute("SELECT status FROM proposals ORDER BY id").fetchall() == [("accepted",), ("pending",)]
+    with ScriptedLLMServer() as server:
+        server.add(edit("    return -work_remaining", "    return -work_remaining + 0.001 * duration"))
+        result = resume_run(run_dir, budget=None)
+    rows = db.execute("SELECT id, status, reason, child_sha FROM proposals ORDER BY id").fetchall()
+    assert [r[1:3] for r in rows[:2]] == [("accepted", "accepted"), ("failed", "interrupted")]
+    assert all(r[1] != "pending" for r in rows) and result.iterations == 3
+    repo = RunRepo.open_or_init(run_dir / "repo")
+    for _, _, _, child in rows:
+        if child:
+            assert repo.info(child).sha == child  # every recorded child is in git
+    assert db.execute("SELECT state FROM runs").fetchone()[0] == "stopped"
