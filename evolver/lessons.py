@@ -45,6 +45,10 @@ class LessonLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        # Parsed lessons and how far into the file they go: each load parses only what was appended since
+        # (by this run or by another sharing the log), not the whole file every iteration.
+        self._parsed: list[Lesson] = []
+        self._offset = 0
 
     def append(self, lesson: Lesson) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,18 +59,32 @@ class LessonLog:
             os.fsync(f.fileno())
 
     def load(self, task: str | None = None) -> list[Lesson]:
-        if not self.path.exists():
-            return []
-        out = []
-        for raw in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+        with self._lock:
+            self._read_new()
+            lessons = list(self._parsed)
+        return [x for x in lessons if task is None or x.task == task]
+
+    def _read_new(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size < self._offset:  # replaced or truncated: start over
+            self._parsed, self._offset = [], 0
+        if size == self._offset:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        for raw in data[:end].decode("utf-8", errors="replace").splitlines():
             try:
                 d = json.loads(raw)
-                lesson = Lesson(**{**d, "files": tuple(d["files"]), "failure_kinds": tuple(d["failure_kinds"])})
+                self._parsed.append(Lesson(**{**d, "files": tuple(d["files"]),
+                                              "failure_kinds": tuple(d["failure_kinds"])}))
             except (ValueError, TypeError, KeyError):
                 continue  # a torn or foreign line
-            if task is None or lesson.task == task:
-                out.append(lesson)
-        return out
+        self._offset += end
 
 
 def relevant(lessons: Sequence[Lesson], files: Iterable[str], failure_kinds: Iterable[str],

@@ -117,8 +117,12 @@ class RunRepo:
     def commit_changes(self, parent: str, changes: Mapping[str, bytes | str | None], subject: str, kind: str,
                        body: str = "", extra_parents: tuple[str, ...] = (), run: str | None = None) -> str:
         """A child of `parent` with files replaced (bytes or text) or deleted (None); '/'-relative paths."""
-        tree = self.tree_of_changes(parent, changes)
-        parents = (parent, *extra_parents)
+        return self.commit_tree(self.tree_of_changes(parent, changes), (parent, *extra_parents), subject, kind,
+                                body, run)
+
+    def commit_tree(self, tree: str, parents: tuple[str, ...], subject: str, kind: str, body: str = "",
+                    run: str | None = None) -> str:
+        """A commit of an already written tree (see tree_of_changes) with evolver's trailers."""
         return self._commit_tree(tree, parents, self.message(subject, kind, parents, body, run=run))
 
     def _write_tree(self, parent: str, changes: Mapping[str, bytes | str | None], index: str) -> str:

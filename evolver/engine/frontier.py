@@ -67,19 +67,18 @@ def best_per_instance(cands: Sequence[CandidateScores], instances: Sequence[str]
 
 
 def _prune_dominated(order: Sequence[str], best_on: Mapping[str, frozenset[str]]) -> list[str]:
-    """Drop candidates every one of whose wins is shared with another survivor (fewest wins dropped first)."""
-    alive = [c for c in order if any(c in s for s in best_on.values())]
-    wins = {c: sum(c in s for s in best_on.values()) for c in alive}
-    changed = True
-    while changed:
-        changed = False
-        for c in sorted(alive, key=lambda x: (wins[x], -order.index(x))):
-            fronts = [s for s in best_on.values() if c in s]
-            if all(any(o != c and o in alive for o in s) for s in fronts):
-                alive.remove(c)
-                changed = True
-                break
-    return alive
+    """Drop candidates every one of whose wins is shared with another survivor (fewest wins dropped first,
+    the newest first among equals). One pass suffices: dropping a candidate never makes a kept one dominated."""
+    position = {c: i for i, c in enumerate(order)}
+    fronts: dict[str, list[frozenset[str]]] = {}
+    for s in best_on.values():
+        for c in s:
+            fronts.setdefault(c, []).append(s)
+    alive = set(fronts)
+    for c in sorted(alive, key=lambda x: (len(fronts[x]), -position.get(x, -1))):
+        if all(any(o != c and o in alive for o in s) for s in fronts[c]):
+            alive.discard(c)
+    return [c for c in order if c in alive]
 
 
 def _dominates(a: Mapping[str, float | None], b: Mapping[str, float | None], directions: Mapping[str, str]) -> bool:

@@ -74,13 +74,20 @@ class Engine:
         assert row is not None, "create the run in the store first"
         self.usage = Usage(evals=row.evals_used, usd=row.usd_used, seconds=row.elapsed_s, iterations=row.iteration)
         self.val_scores: dict[str, CandidateScores] = {}  # accepted candidates (sha) -> validation results
+        self._frontier: Frontier | None = None
+        self._trees: dict[str, str] = {}  # commit sha -> tree sha (commits never change)
+        # Trees of every candidate of the run -> its branch: a proposal recreating one is a duplicate.
+        self._known: dict[str, str] = {c.tree: c.branch or c.sha[:12] for c in store.candidates(run)}
         self.failing_streak = 0
         self.llm_error_streak = 0  # LLM calls that failed after all retries, in a row
         self._clock = time.monotonic()
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _ref(self, sha: str) -> CandidateRef:
-        return CandidateRef(sha=sha, tree=self.repo.tree_sha(sha), archive=lambda: self.repo.archive(sha))
+        tree = self._trees.get(sha)
+        if tree is None:
+            tree = self._trees[sha] = self.repo.tree_sha(sha)
+        return CandidateRef(sha=sha, tree=tree, archive=lambda: self.repo.archive(sha))
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -112,11 +119,16 @@ class Engine:
         """Keep a candidate's validation results for the frontier; returns its mean score."""
         scores = scores_from_results(sha, results, self.task.objectives)
         self.val_scores[sha] = scores
+        self._frontier = None
         return scores.objectives["score"] or 0.0
 
     # -- views -------------------------------------------------------------------------------------------
     def frontier(self) -> Frontier:
-        return build_frontier(list(self.val_scores.values()), self.val, self.task.objectives, self.config.frontier)
+        # Rebuilt only when an accepted candidate joins: selection and the live view reuse it.
+        if self._frontier is None:
+            self._frontier = build_frontier(list(self.val_scores.values()), self.val, self.task.objectives,
+                                            self.config.frontier)
+        return self._frontier
 
     def best(self) -> str | None:
         if not self.val_scores:
@@ -177,31 +189,25 @@ class Engine:
         if not proposal.ok:
             self._fail(pid, parent, it, proposal, parent_results)
             return None
-        child_tree_owner = self._known_tree(parent, proposal)
-        if child_tree_owner is not None:
+        tree = self.repo.tree_of_changes(parent, dict(proposal.changes))
+        if tree in self._known:
             self._fail(pid, parent, it, replace(proposal, failure="duplicate",
-                                                detail=f"the same files as {child_tree_owner}, already evaluated"),
+                                                detail=f"the same files as {self._known[tree]}, already evaluated"),
                        parent_results)
             return None
-        child = self.repo.commit_changes(
-            parent, dict(proposal.changes), subject=proposal.change.splitlines()[0][:72] if proposal.change else
-            "mutation", kind="mutation", body=f"Diagnosis: {proposal.diagnosis}".strip(), run=self.run_name)
+        child = self.repo.commit_tree(
+            tree, (parent,), subject=proposal.change.splitlines()[0][:72] if proposal.change else "mutation",
+            kind="mutation", body=f"Diagnosis: {proposal.diagnosis}".strip(), run=self.run_name)
+        self._trees[child] = tree
         branch = candidate_branch(self.run_name, pid)
         self.repo.set_branch(branch, child)
-        self.store.record_candidate(self.run_name, child, self.repo.tree_sha(child), branch, (parent,), "mutation")
+        self.store.record_candidate(self.run_name, child, tree, branch, (parent,), "mutation")
+        self._known[tree] = branch
         self.store.update_proposal(pid, child_sha=child, branch=branch, diagnosis=proposal.diagnosis,
                                    change=proposal.change, files=sorted(proposal.changes),
                                    failure_kinds=sorted({r.status for r in parent_results if not r.ok}))
         row = self.store.proposals(self.run_name, child_sha=child)[-1]
         return self._decide(row, parent_results)
-
-    def _known_tree(self, parent: str, proposal: Proposal) -> str | None:
-        """The branch of an existing candidate with exactly the files this proposal would make, if any."""
-        tree = self.repo.tree_of_changes(parent, dict(proposal.changes))
-        for c in self.store.candidates(self.run_name):
-            if c.tree == tree:
-                return c.branch or c.sha[:12]
-        return None
 
     def _finish_pending(self, p: ProposalRow) -> None:
         """A proposal interrupted by a kill: judge its committed child, or record that it never got one."""
