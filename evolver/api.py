@@ -142,3 +142,146 @@ def evaluate(
         task=task.name, run_dir=str(run_path), ref=ref_name, sha=sha, tree=tree, backend=sandbox.name,
         isolation=isolation, trusted_scores=task.kind == "python", objectives=dict(task.objectives),
         results=tuple(results), wall_s=time.monotonic() - started, notes=tuple(notes))
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """What `optimize` returns: the best candidate (its text, or its files), the frontier, lineage, totals."""
+
+    run_dir: str
+    stop_reason: str
+    best_branch: str | None
+    best: str | dict[str, str] | None
+    best_objectives: dict[str, float | None] | None
+    frontier: tuple[str, ...]  # branches
+    lineage: tuple[str, ...]  # branches from the seed to the best candidate
+    iterations: int
+    evals: int
+    usd: float
+    seconds: float
+
+
+def _write_function_task(root: Path, seed: str | Path, trainset: Sequence[Any], valset: Sequence[Any],
+                         objective: str, background: str, file_name: str) -> tuple[dict[str, Any], str | None]:
+    """A task folder for a seed text or folder evaluated by a Python function; returns (examples, single file)."""
+    import json
+    import shutil
+    import tomllib
+
+    seed_dir = root / "seed"
+    if seed_dir.exists():
+        shutil.rmtree(seed_dir)
+    single: str | None = None
+    if isinstance(seed, Path):
+        if not seed.is_dir():
+            raise UserInputError(f"seed: expected a text or an existing folder, found {seed} missing")
+        shutil.copytree(seed, seed_dir)
+        mutable = ["**/*"]
+    else:
+        seed_dir.mkdir(parents=True)
+        (seed_dir / file_name).write_text(seed, encoding="utf-8")
+        single, mutable = file_name, [file_name]
+    examples = {f"train-{i}": x for i, x in enumerate(trainset)} | {f"val-{i}": x for i, x in enumerate(valset)}
+    # The examples' digest is part of the task: other examples, other cache key.
+    (root / "examples.digest").write_text(_examples_digest(examples))
+    (root / "instances.toml").write_text(
+        f"train = {json.dumps([k for k in examples if k.startswith('train-')])}\n"
+        f"val = {json.dumps([k for k in examples if k.startswith('val-')])}\n")
+    (root / "evaluate.py").write_text(
+        '"""Evaluated by the Python function given to evolver.optimize(); nothing runs from this file."""\n\n'
+        "def produce(inputs):\n    raise RuntimeError('evaluated by a Python function')\n\n\n"
+        "def judge(instance, inputs, output, usage):\n    raise RuntimeError('evaluated by a Python function')\n")
+    toml = (f'[task]\nname = {json.dumps(root.resolve().parent.name)}\nmutable = {json.dumps(mutable)}\n'
+            f"objective = {json.dumps(objective)}\nbackground = {json.dumps(background)}\n")
+    tomllib.loads(toml)  # what we write must be what we read
+    (root / "task.toml").write_text(toml)
+    return examples, single
+
+
+def _examples_digest(examples: dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(repr(sorted(examples.items(), key=lambda kv: kv[0])).encode()).hexdigest()
+
+
+def optimize(
+    task: str | Path | None = None,
+    *,
+    seed: str | Path | None = None,
+    evaluator: Callable[[Any, Any], Any] | None = None,
+    trainset: Sequence[Any] = (),
+    valset: Sequence[Any] = (),
+    objective: str = "",
+    background: str = "",
+    model: str,
+    api_base: str | None = None,
+    budget: Any = None,
+    max_evals: int | None = None,
+    max_usd: float | None = None,
+    max_iterations: int | None = None,
+    run_dir: str | Path | None = None,
+    loop: Any = None,
+    lessons: str | None = None,
+    on_event: Callable[[Any], None] | None = None,
+    file_name: str = "candidate.txt",
+) -> OptimizeResult:
+    """Evolve a task folder (`task=`), or a seed text/folder scored by `evaluator(candidate, example)` returning
+    a score or `(score, side_info)` over `trainset`/`valset` (a text seed's candidate is its text; a folder's is
+    a dict path -> text). An existing `run_dir` is resumed."""
+    from .engine.budget import Budget
+    from .function_eval import FunctionEvaluator
+    from .runs import ModelConfig, resume_run, start_run
+
+    if (task is None) == (seed is None):
+        raise UserInputError("optimize: expected exactly one of task= (a task folder) or seed= (text or folder)")
+    if seed is not None and (evaluator is None or not trainset or not valset):
+        raise UserInputError("optimize: a seed needs evaluator=, and non-empty trainset= and valset=")
+    budget = budget or Budget(max_evals=max_evals, max_usd=max_usd, max_iterations=max_iterations)
+    model_cfg = ModelConfig(model=model, api_base=api_base)
+    make_evaluator = None
+    if seed is not None:
+        path = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_DIR / "optimize"
+        examples, single = _write_function_task(path / "task", Path(seed) if isinstance(seed, Path) else seed,
+                                                trainset, valset, objective, background, file_name)
+        task = path / "task"
+        assert evaluator is not None
+
+        def make_evaluator(t: Task, store: Store, workers: int | None) -> FunctionEvaluator:
+            return FunctionEvaluator(evaluator, examples, store, t.digest, single)
+    else:
+        path = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_DIR / load_task(task).name
+    if (path / "run.db").exists():
+        result = resume_run(path, budget=budget, on_event=on_event, make_evaluator=make_evaluator)
+    else:
+        result = start_run(task, model_cfg, budget, run_dir=path, loop=loop, lessons=lessons, on_event=on_event,
+                           make_evaluator=make_evaluator)
+    return _optimize_result(result, path, single if seed is not None else None)
+
+
+def _optimize_result(result: Any, path: Path, single: str | None) -> OptimizeResult:
+    repo = RunRepo.open_or_init(path / "repo")
+    store = Store(path / "run.db")
+    try:
+        def branch(sha: str) -> str:
+            c = store.candidate(sha)
+            return (c.branch if c and c.branch else sha[:12])
+
+        lineage: list[str] = []
+        sha = result.best
+        while sha:
+            lineage.append(branch(sha))
+            parents = repo.info(sha).parents
+            sha = parents[0] if parents else None
+        best_files = {k: v.decode("utf-8", errors="replace") for k, v in repo.read_files(result.best).items()} \
+            if result.best else None
+        frontier = tuple(branch(s) for s in result.frontier)
+    finally:
+        store.close()
+    best: str | dict[str, str] | None = best_files
+    if single is not None and best_files is not None:
+        best = best_files.get(single)
+    return OptimizeResult(
+        run_dir=str(path), stop_reason=result.stop_reason, best_branch=result.best_branch, best=best,
+        best_objectives=result.best_objectives, frontier=frontier,
+        lineage=tuple(reversed(lineage)), iterations=result.iterations, evals=result.evals, usd=result.usd,
+        seconds=result.seconds)

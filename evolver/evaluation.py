@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from .sandbox.base import Sandbox, SandboxJob, SandboxLimits, SandboxRun, harness_package_dir
 from .store import EvaluationRow, Store
@@ -129,6 +129,18 @@ def cache_key(task: Task) -> str:
     return hashlib.sha256(f"{task.digest}|{harness_digest()}".encode()).hexdigest()
 
 
+class CandidateEvaluator(Protocol):
+    """What the loop needs of an evaluator: the sandbox one below, or a Python function (function_eval.py)."""
+
+    def missing(self, candidate: CandidateRef, instances: Sequence[str]) -> int: ...
+
+    def evaluate(self, candidate: CandidateRef, instances: Sequence[tuple[str, str | None]], *,
+                 use_cache: bool = True, on_progress: Callable[[int, int], None] | None = None
+                 ) -> list[InstanceResult]: ...
+
+    def close(self) -> None: ...
+
+
 class Evaluator:
     def __init__(self, task: Task, sandbox: Sandbox, store: Store, workers: int | None = None) -> None:
         self.task, self.sandbox, self.store = task, sandbox, store
@@ -143,6 +155,9 @@ class Evaluator:
             mode=mode or self.task.kind, archive=archive, task_root=self.task.root,
             task_files=self.task_files, instances=instances, evaluator=self.task.evaluator,
             tests=self.task.tests, profile=self.task.profile, limits=self.limits)
+
+    def close(self) -> None:
+        self.sandbox.close()
 
     def collect_tests(self, candidate: CandidateRef) -> list[str]:
         """pytest tasks without an instances file: the test ids, collected in the sandbox."""

@@ -14,12 +14,12 @@ from typing import Any
 from .engine.budget import Budget
 from .engine.loop import Engine, Event, LoopConfig
 from .errors import UserInputError
-from .evaluation import Evaluator
+from .evaluation import CandidateEvaluator, Evaluator
 from .lessons import LessonLog
 from .repo import RunRepo, seed_branch
 from .sandbox import make_sandbox
 from .store import Store
-from .task import load_task
+from .task import Task, load_task
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,16 @@ def _make_proposer(model: ModelConfig, store: Store, run: str):
     return ReflectiveProposer(llm, repair_turns=model.repair_turns)
 
 
+EvaluatorFactory = Callable[[Task, Store, int | None], CandidateEvaluator]
+
+
+def sandbox_evaluator(task: Task, store: Store, workers: int | None) -> CandidateEvaluator:
+    return Evaluator(task, make_sandbox(task.sandbox.backend), store, workers=workers)
+
+
 def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | None,
-            budget_override: Budget | None, workers: int | None) -> tuple[Engine, str]:
+            budget_override: Budget | None, workers: int | None,
+            make_evaluator: EvaluatorFactory | None) -> tuple[Engine, str]:
     name = run_dir.resolve().name
     row = store.run(name)
     assert row is not None
@@ -93,8 +101,12 @@ def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | Non
         seed = repo.commit_folder(task.seed_dir, f"seed of {task.name}", kind="seed", run=name)
         repo.set_branch(seed_branch(name), seed)
         store.record_candidate(name, seed, repo.tree_sha(seed), seed_branch(name), (), "seed")
-    sandbox = make_sandbox(task.sandbox.backend)
-    evaluator = Evaluator(task, sandbox, store, workers=workers or cfg.get("workers"))
+    if make_evaluator is None:
+        if cfg.get("function_evaluator"):
+            raise UserInputError(f"{run_dir}: this run is evaluated by a Python function; resume it from Python "
+                                 "with evolver.optimize(..., run_dir=...) and the same evaluator")
+        make_evaluator = sandbox_evaluator
+    evaluator = make_evaluator(task, store, workers or cfg.get("workers"))
     model = ModelConfig(**cfg["model"])
     engine = Engine(task=task, run=name, repo=repo, store=store, evaluator=evaluator,
                     proposer=_make_proposer(model, store, name), lessons=LessonLog(cfg["lessons"]),
@@ -103,9 +115,10 @@ def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | Non
     return engine, seed
 
 
-def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None, workers: int | None) -> RunResult:
+def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None, workers: int | None,
+           make_evaluator: EvaluatorFactory | None = None) -> RunResult:
     name = run_dir.resolve().name
-    engine, seed = _engine(run_dir, store, on_event, budget_override, workers)
+    engine, seed = _engine(run_dir, store, on_event, budget_override, workers, make_evaluator)
     store.update_run(name, state="running", stop_reason=None)
     try:
         engine.start(seed)
@@ -115,7 +128,7 @@ def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None
         store.update_run(name, state="stopped", stop_reason="interrupted")
         raise
     finally:
-        engine.evaluator.sandbox.close()
+        engine.evaluator.close()
     best = engine.best()
     best_branch = None
     if best is not None:
@@ -129,7 +142,8 @@ def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None
 
 def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_dir: str | Path | None = None,
               loop: LoopConfig | None = None, lessons: str | None = None, workers: int | None = None,
-              on_event: Callable[[Event], None] | None = None) -> RunResult:
+              on_event: Callable[[Event], None] | None = None,
+              make_evaluator: EvaluatorFactory | None = None) -> RunResult:
     task = load_task(task_path)
     if task.instances is None or not task.instances.train or not task.instances.val:
         raise UserInputError(f"{task.root / 'task.toml'}: [evaluate] instances: expected train and val instances "
@@ -153,15 +167,16 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
         store.record_task(task.digest, task.name, str(task.root), {"objectives": task.objectives})
         config = {"model": model.to_json(), "budget": budget.to_json(), "loop": (loop or LoopConfig()).to_json(),
                   "lessons": str(Path(lessons).resolve()) if lessons else str((path / "lessons.jsonl").resolve()),
-                  "workers": workers}
+                  "workers": workers, "function_evaluator": make_evaluator is not None}
         store.create_run(name, str(task.root), task.digest, config)
-        return _drive(path, store, on_event, None, workers)
+        return _drive(path, store, on_event, None, workers, make_evaluator)
     finally:
         store.close()
 
 
 def resume_run(run_dir: str | Path, *, budget: Budget | None = None, workers: int | None = None,
-               on_event: Callable[[Event], None] | None = None) -> RunResult:
+               on_event: Callable[[Event], None] | None = None,
+               make_evaluator: EvaluatorFactory | None = None) -> RunResult:
     path = Path(run_dir)
     if not (path / "run.db").exists():
         raise UserInputError(f"{path}: expected a run directory (with run.db), found none")
@@ -169,6 +184,6 @@ def resume_run(run_dir: str | Path, *, budget: Budget | None = None, workers: in
     try:
         if store.run(path.resolve().name) is None:
             raise UserInputError(f"{path}: expected an evolution run, found only evaluations (evolver eval)")
-        return _drive(path, store, on_event, budget, workers)
+        return _drive(path, store, on_event, budget, workers, make_evaluator)
     finally:
         store.close()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import EvolverError
-from ..evaluation import CandidateRef, Evaluator, InstanceResult, instances_for
+from ..evaluation import CandidateEvaluator, CandidateRef, InstanceResult, instances_for
 from ..evidence import condense
 from ..lessons import Lesson, LessonLog, relevant
 from ..proposers.base import Proposal, ProposalContext, Proposer
@@ -58,7 +58,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 class Engine:
-    def __init__(self, *, task: Task, run: str, repo: RunRepo, store: Store, evaluator: Evaluator,
+    def __init__(self, *, task: Task, run: str, repo: RunRepo, store: Store, evaluator: CandidateEvaluator,
                  proposer: Proposer, lessons: LessonLog, budget: Budget, config: LoopConfig,
                  on_event: Callable[[Event], None] | None = None, usd_spent: Callable[[], float] = lambda: 0.0):
         self.task, self.run_name, self.repo, self.store = task, run, repo, store
