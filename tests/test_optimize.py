@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def rewrite(text: str) -> str:
-    return f"## Diagnosis\nThe answers lack the word please.\n## Change\nAsk politely.\n\n```text candidate.txt\n{text}\n```\n"
+    return (f"## Diagnosis\nThe answers lack the word please.\n## Change\nAsk politely.\n\n"
+            f"```text candidate.txt\n{text}\n```\n")
 
 
 def politeness(candidate: str, example: dict) -> tuple[float, dict]:
@@ -38,8 +39,8 @@ def test_seed_text_with_a_function_evaluator(scripted_llm, tmp_path: Path) -> No
     # The run directory is resumed by a second call, with the same function.
     scripted_llm.add(rewrite("Answer the question, please, and thank you."))
     again = api.optimize(seed="Answer the question.", evaluator=politeness, trainset=train, valset=val,
-                         objective="Be polite.", model="openai/test-model", api_base=scripted_llm.api_base, max_iterations=2,
-                         run_dir=tmp_path / "run")
+                         objective="Be polite.", model="openai/test-model", api_base=scripted_llm.api_base,
+                         max_iterations=2, run_dir=tmp_path / "run")
     assert again.iterations == 2 and again.best_branch == "evolver/run/c1"
 
 
@@ -52,12 +53,12 @@ def test_evaluator_exceptions_become_side_information(scripted_llm, tmp_path: Pa
     scripted_llm.add(rewrite("better"))
     api.optimize(seed="x", evaluator=broken, trainset=[1, 2, 3], valset=[1], model="openai/test-model",
                  api_base=scripted_llm.api_base, max_iterations=1, run_dir=tmp_path / "run")
-    prompt = scripted_llm.prompts()[0]  # the minibatch is the whole trainset: 3 examples
+    prompt = scripted_llm.prompts()[0]  # the minibatch is the whole trainset
     assert "[error] train-1" in prompt and "ValueError: cannot score example 2" in prompt
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(UserInputError, match="exactly one of task= .* or seed="):
+    with pytest.raises(UserInputError, match=r"exactly one of task= .* or seed="):
         api.optimize(model="openai/x")
     with pytest.raises(UserInputError, match="needs evaluator="):
         api.optimize(seed="x", model="openai/x")
