@@ -246,7 +246,7 @@ def optimize(
         task = path / "task"
         assert evaluator is not None
 
-        def make_evaluator(t: Task, store: Store, workers: int | None) -> FunctionEvaluator:
+        def make_evaluator(t: Task, store: Store) -> FunctionEvaluator:
             return FunctionEvaluator(evaluator, examples, store, t.digest, single)
     else:
         path = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_DIR / load_task(task).name

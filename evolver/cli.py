@@ -46,13 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--accept", choices=["strict", "ties"], default="strict")
     r.add_argument("--frontier", choices=["instance", "objective", "hybrid"], default="instance")
     _budget_args(r)
-    r.add_argument("--workers", type=int, help="parallel sandboxes per evaluation")
+    r.add_argument("--workers", type=int, help="iterations in flight at once (proposals and their evaluations)")
     r.add_argument("--json", action="store_true", help="print the result as JSON at the end, no live view")
 
     rs = sub.add_parser("resume", help="continue a stopped or killed run")
     rs.add_argument("run_dir", help="run directory")
     _budget_args(rs)
-    rs.add_argument("--workers", type=int)
+    rs.add_argument("--workers", type=int, help="iterations in flight at once")
     rs.add_argument("--json", action="store_true")
 
     st = sub.add_parser("status", help="a run's frontier, budget and proposals")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,10 @@ class RunRepo:
     def __init__(self, path: Path, repo: git.Repo) -> None:
         self.path = path
         self.repo = repo
+        # gitpython talks to one long-lived `git cat-file --batch` process: two threads reading objects at
+        # once corrupt its stream (and can hang on it), so object reads are serialised. Writes go through
+        # separate git processes with their own index files and need no lock.
+        self._read_lock = threading.Lock()
 
     @classmethod
     def open_or_init(cls, path: str | Path) -> RunRepo:
@@ -172,6 +177,10 @@ class RunRepo:
         return [line for line in out.splitlines() if line]
 
     def info(self, sha: str) -> CommitInfo:
+        with self._read_lock:
+            return self._info(sha)
+
+    def _info(self, sha: str) -> CommitInfo:
         c = self.repo.commit(sha)
         kind = None
         for line in str(c.message).splitlines():
@@ -188,6 +197,10 @@ class RunRepo:
         return self._git("archive", "--format=tar", sha)
 
     def read_files(self, sha: str) -> dict[str, bytes]:
+        with self._read_lock:
+            return self._read_files(sha)
+
+    def _read_files(self, sha: str) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
         for blob in self.repo.commit(sha).tree.traverse():
             if blob.type == "blob":  # type: ignore[union-attr]

@@ -103,11 +103,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.run_dir = str(Path("runs") / load_task(args.task).name)
     model = ModelConfig(model=args.model, api_base=args.api_base, temperature=args.temperature,
                         max_tokens=args.max_tokens, repair_turns=args.repair_turns, cache_dir=args.llm_cache)
-    loop = LoopConfig(minibatch=args.minibatch, accept=args.accept, frontier=args.frontier, seed=args.seed)
+    loop = LoopConfig(minibatch=args.minibatch, accept=args.accept, frontier=args.frontier, seed=args.seed,
+                      workers=args.workers or 1)
     budget = budget_from_args(args)
     with LiveView(budget.to_json(), enabled=sys.stderr.isatty() and not args.json) as view:
         result = start_run(args.task, model, budget, run_dir=args.run_dir, loop=loop, lessons=args.lessons,
-                           workers=args.workers, on_event=view)
+                           on_event=view)
     _print_result(result, args.json)
     return 0
 

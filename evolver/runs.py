@@ -7,7 +7,7 @@ needs nothing but the run directory; flags given to `resume` override the stored
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +74,11 @@ def _make_proposer(model: ModelConfig, store: Store, run: str):
     return ReflectiveProposer(llm, repair_turns=model.repair_turns)
 
 
-EvaluatorFactory = Callable[[Task, Store, int | None], CandidateEvaluator]
+EvaluatorFactory = Callable[[Task, Store], CandidateEvaluator]
 
 
-def sandbox_evaluator(task: Task, store: Store, workers: int | None) -> CandidateEvaluator:
-    return Evaluator(task, make_sandbox(task.sandbox.backend), store, workers=workers)
+def sandbox_evaluator(task: Task, store: Store) -> CandidateEvaluator:
+    return Evaluator(task, make_sandbox(task.sandbox.backend), store)
 
 
 def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | None,
@@ -106,11 +106,14 @@ def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | Non
             raise UserInputError(f"{run_dir}: this run is evaluated by a Python function; resume it from Python "
                                  "with evolver.optimize(..., run_dir=...) and the same evaluator")
         make_evaluator = sandbox_evaluator
-    evaluator = make_evaluator(task, store, workers or cfg.get("workers"))
+    evaluator = make_evaluator(task, store)
     model = ModelConfig(**cfg["model"])
+    loop = LoopConfig(**cfg["loop"])
+    if workers:  # `resume --workers N`: this session only
+        loop = replace(loop, workers=workers)
     engine = Engine(task=task, run=name, repo=repo, store=store, evaluator=evaluator,
                     proposer=_make_proposer(model, store, name), lessons=LessonLog(cfg["lessons"]),
-                    budget=budget, config=LoopConfig(**cfg["loop"]), on_event=on_event,
+                    budget=budget, config=loop, on_event=on_event,
                     usd_spent=lambda: store.llm_totals(name)["usd"])
     return engine, seed
 
@@ -141,7 +144,7 @@ def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None
 
 
 def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_dir: str | Path | None = None,
-              loop: LoopConfig | None = None, lessons: str | None = None, workers: int | None = None,
+              loop: LoopConfig | None = None, lessons: str | None = None,
               on_event: Callable[[Event], None] | None = None,
               make_evaluator: EvaluatorFactory | None = None) -> RunResult:
     task = load_task(task_path)
@@ -167,9 +170,9 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
         store.record_task(task.digest, task.name, str(task.root), {"objectives": task.objectives})
         config = {"model": model.to_json(), "budget": budget.to_json(), "loop": (loop or LoopConfig()).to_json(),
                   "lessons": str(Path(lessons).resolve()) if lessons else str((path / "lessons.jsonl").resolve()),
-                  "workers": workers, "function_evaluator": make_evaluator is not None}
+                  "function_evaluator": make_evaluator is not None}
         store.create_run(name, str(task.root), task.digest, config)
-        return _drive(path, store, on_event, None, workers, make_evaluator)
+        return _drive(path, store, on_event, None, None, make_evaluator)
     finally:
         store.close()
 

@@ -2,10 +2,10 @@
 
 A trivial task (the candidate returns a number, the judge scores it) and a scripted OpenAI-compatible server
 on localhost (litellm's real code path). Overhead per iteration = iteration wall time minus the time inside
-LLM calls and inside sandbox runs: frontier, selection, store and git work, prompt building, patching.
-Measured with 10 and with 1,000 accepted candidates already stored. Then, for one trajectory, the evaluator
-calls our loop spent beside what GEPA's loop would spend on it (GEPA evaluates the parent's minibatch afresh
-every iteration).
+LLM calls and inside evaluations that ran the sandbox: frontier, selection, store and git work, prompt
+building, patching. Measured with 10 and with 1,000 accepted candidates already stored, one iteration in
+flight. Then, for one trajectory, the evaluator calls our loop spent beside what GEPA's loop would spend on it
+(GEPA evaluates the parent's minibatch afresh every iteration).
 
     .venv/bin/python scripts/bench_engine.py [--iterations 50] [--json]
 """
@@ -101,26 +101,28 @@ def measure(n_stored: int, iterations: int) -> dict:
         store.create_run(name, str(task_root), load_task(task_root).digest, {
             "model": ModelConfig(model="openai/bench", api_base=server.api_base).to_json(),
             "budget": Budget(max_iterations=iterations).to_json(), "loop": LoopConfig(seed=1).to_json(),
-            "lessons": str(run_dir / "lessons.jsonl"), "workers": 1})
+            "lessons": str(run_dir / "lessons.jsonl")})
         excluded: list[float] = []
         marks: list[float] = []
 
+        from evolver.evaluation import Evaluator
         from evolver.llm import LLM
-        from evolver.sandbox.process import ProcessSandbox
 
-        def timed(cls, method):
+        def excluding(cls, method, counts):
+            """Time inside `method` is not engine overhead (an evaluation counts only if it ran a sandbox)."""
             original = getattr(cls, method)
 
             def wrapper(self, *a, **kw):
                 t0 = time.perf_counter()
-                try:
-                    return original(self, *a, **kw)
-                finally:
+                out = original(self, *a, **kw)
+                if counts(out):
                     excluded.append(time.perf_counter() - t0)
+                return out
             setattr(cls, method, wrapper)
             return original
 
-        orig_llm, orig_sbx = timed(LLM, "complete"), timed(ProcessSandbox, "run")
+        orig_llm = excluding(LLM, "complete", lambda out: True)
+        orig_eval = excluding(Evaluator, "evaluate", lambda out: any(not r.cached for r in out))
         try:
             def on_event(event) -> None:
                 if event.kind == "iteration":
@@ -130,7 +132,7 @@ def measure(n_stored: int, iterations: int) -> dict:
             marks.append((t_start, 0.0))
             result = _drive(run_dir, store, on_event, None, 1)
         finally:
-            LLM.complete, ProcessSandbox.run = orig_llm, orig_sbx
+            LLM.complete, Evaluator.evaluate = orig_llm, orig_eval
         # The first mark is after the start (seed and stored candidates loaded): per-iteration spans follow it.
         spans = [(b[0] - a[0]) - (b[1] - a[1]) for a, b in itertools.pairwise(marks[1:])]
         db = store._db

@@ -146,3 +146,21 @@ def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
         if child:
             assert repo.info(child).sha == child  # every recorded child is in git
     assert db.execute("SELECT state FROM runs").fetchone()[0] == "stopped"
+
+
+def test_parallel_iterations_keep_store_repo_and_budget_consistent(scripted_llm, tmp_path: Path) -> None:
+    scripted_llm.add(*[whole_file(f"duration * {k} - work_remaining") for k in range(2, 40)])
+    result = run(scripted_llm, tmp_path, Budget(max_evals=90), minibatch=3, workers=3)
+    assert result.evals <= 90 and "evaluator-call budget" in result.stop_reason
+    db = sqlite3.connect(tmp_path / "run" / "run.db")
+    # Two iterations in flight may evaluate the same (tree, instance) once each: calls spent >= rows kept.
+    assert 0 < db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] <= result.evals
+    rows = db.execute("SELECT id, iteration, status, child_sha, branch FROM proposals").fetchall()
+    assert len({r[1] for r in rows}) == len(rows)  # every iteration number once
+    repo = RunRepo.open_or_init(tmp_path / "run" / "repo")
+    for _, _, status_, child, branch in rows:
+        assert status_ != "pending" or child is None or result.stop_reason.startswith("evaluator-call budget")
+        if child:
+            assert repo.resolve(branch) == child
+    trees = db.execute("SELECT tree FROM candidates").fetchall()
+    assert len(trees) == len(set(trees))  # no two candidates with the same files

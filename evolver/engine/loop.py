@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +36,7 @@ class LoopConfig:
     accept: str = "strict"  # strict: child sum > parent sum; ties: >=
     frontier: str = "instance"
     seed: int = 0
+    workers: int = 1  # iterations in flight at once (proposals and their evaluations)
     tried_shown: int = 8
 
     def to_json(self) -> dict[str, Any]:
@@ -81,6 +83,12 @@ class Engine:
         self.failing_streak = 0
         self.llm_error_streak = 0  # LLM calls that failed after all retries, in a row
         self._clock = time.monotonic()
+        # Guards the engine's state (usage, frontier, known trees) when several iterations run at once; LLM
+        # calls and evaluations run outside it. The store and the repo are safe to use concurrently.
+        self._lock = threading.RLock()
+        self._reserved = 0  # evaluator calls promised to batches in flight, so parallel batches never overshoot
+        self._stopping: str | None = None
+        self._error: BaseException | None = None
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _ref(self, sha: str) -> CandidateRef:
@@ -90,6 +98,10 @@ class Engine:
         return CandidateRef(sha=sha, tree=tree, archive=lambda: self.repo.archive(sha))
 
     def _tick(self) -> None:
+        with self._lock:
+            self._tick_locked()
+
+    def _tick_locked(self) -> None:
         now = time.monotonic()
         self.usage = replace(self.usage, seconds=self.usage.seconds + (now - self._clock), usd=self.usd_spent())
         self._clock = now
@@ -99,27 +111,42 @@ class Engine:
     def _evaluate(self, sha: str, ids: Sequence[str], split: str) -> list[InstanceResult] | None:
         """Results, or None when the budget does not allow the evaluator calls this needs."""
         ref = self._ref(sha)
-        missing = self.evaluator.missing(ref, ids)
-        self._tick()
-        if evals_exhausted(self.budget, self.usage, missing):
-            return None
-        results = self.evaluator.evaluate(ref, [(i, split) for i in ids])
-        self.usage = replace(self.usage, evals=self.usage.evals + sum(r.repeats for r in results if not r.cached))
-        self._tick()
+        with self._lock:
+            missing = self.evaluator.missing(ref, ids)
+            self._tick_locked()
+            if evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved), missing):
+                return None
+            self._reserved += missing
+        try:
+            results = self.evaluator.evaluate(ref, [(i, split) for i in ids])
+        finally:
+            with self._lock:
+                self._reserved -= missing
+        with self._lock:
+            self.usage = replace(self.usage, evals=self.usage.evals + sum(r.repeats for r in results if not r.cached))
+            self._tick_locked()
         return results
+
+    def _budget_stop(self, needed: int) -> str:
+        with self._lock:
+            used = replace(self.usage, evals=self.usage.evals + self._reserved)
+            return evals_exhausted(self.budget, used, needed) or (
+                f"evaluator-call budget: {self.usage.evals} used of {self.budget.max_evals}")
 
     def _emit(self, kind: str, message: str) -> None:
         if self.on_event is None:
             return
-        frontier = self.frontier()
-        self.on_event(Event(kind, self.usage.iterations, message, self.usage, len(frontier.members),
-                            self.best_objectives()))
+        with self._lock:
+            frontier = self.frontier()
+            self.on_event(Event(kind, self.usage.iterations, message, self.usage, len(frontier.members),
+                                self.best_objectives()))
 
     def _record_val(self, sha: str, results: Sequence[InstanceResult]) -> float:
         """Keep a candidate's validation results for the frontier; returns its mean score."""
         scores = scores_from_results(sha, results, self.task.objectives)
-        self.val_scores[sha] = scores
-        self._frontier = None
+        with self._lock:
+            self.val_scores[sha] = scores
+            self._frontier = None
         return scores.objectives["score"] or 0.0
 
     # -- views -------------------------------------------------------------------------------------------
@@ -154,34 +181,67 @@ class Engine:
             self._finish_pending(p)
 
     def run(self) -> str:
-        """Iterate until a budget or stopping rule says stop; returns the reason."""
-        while True:
-            reason = stop_reason(self.budget, self.usage)
-            if reason:
-                break
-            outcome = self.iterate()
-            if outcome is not None:
-                reason = outcome
-                break
-            if self.llm_error_streak >= LLM_ERROR_STREAK_STOP:
-                reason = (f"the LLM failed {self.llm_error_streak} times in a row after retries; see "
-                          "`evolver show` of the last proposal, fix the model or server, then `evolver resume`")
-                break
+        """Iterate until a budget or stopping rule says stop (with `workers` iterations in flight); returns why."""
+        workers = max(1, self.config.workers)
+        if workers == 1:
+            self._work()
+        else:
+            threads = [threading.Thread(target=self._work, name=f"evolver-iteration-{k}", daemon=True)
+                       for k in range(workers)]
+            for t in threads:
+                t.start()
+            try:
+                while any(t.is_alive() for t in threads):
+                    for t in threads:
+                        t.join(0.2)
+            except BaseException:
+                self._stopping = self._stopping or "interrupted"
+                raise
+        if self._error is not None:
+            raise self._error
+        reason = self._stopping or "stopped"
         self._tick()
         self.store.update_run(self.run_name, state="stopped", stop_reason=reason)
         self._emit("stopped", reason)
         return reason
 
-    def iterate(self) -> str | None:
-        """One iteration; returns a stop reason when the budget ran out mid-way."""
-        it = self.usage.iterations + 1
+    def _claim(self) -> int | None:
+        """The next iteration's number, or None when the run must stop (the reason is in _stopping)."""
+        with self._lock:
+            if self._stopping is None:
+                reason = stop_reason(self.budget, self.usage)
+                if reason is None and self.llm_error_streak >= LLM_ERROR_STREAK_STOP:
+                    reason = (f"the LLM failed {self.llm_error_streak} times in a row after retries; see "
+                              "`evolver show` of the last proposal, fix the model or server, then `evolver resume`")
+                self._stopping = reason
+            if self._stopping is not None:
+                return None
+            self.usage = replace(self.usage, iterations=self.usage.iterations + 1)
+            return self.usage.iterations
+
+    def _work(self) -> None:
+        try:
+            while (it := self._claim()) is not None:
+                outcome = self.iterate(it)
+                if outcome is not None:
+                    with self._lock:
+                        self._stopping = self._stopping or outcome
+        except BaseException as exc:  # a worker's failure stops the run and reaches the caller
+            with self._lock:
+                self._error = self._error or exc
+                self._stopping = self._stopping or f"error: {exc}"
+            if threading.current_thread() is threading.main_thread():
+                raise
+
+    def iterate(self, it: int) -> str | None:
+        """Iteration `it`; returns a stop reason when the budget ran out mid-way."""
         rng = random.Random(f"{self.config.seed}:{it}")
-        parent = self.frontier().select(rng)
+        with self._lock:
+            parent = self.frontier().select(rng)
         minibatch = rng.sample(self.train, min(self.config.minibatch, len(self.train)))
         parent_results = self._evaluate(parent, minibatch, "train")
         if parent_results is None:
-            return evals_exhausted(self.budget, self.usage, len(minibatch)) or "budget"
-        self.usage = replace(self.usage, iterations=it)
+            return self._budget_stop(len(minibatch))
         pid = self.store.add_proposal(self.run_name, it, self.proposer.name, parent, minibatch,
                                       sum(r.score for r in parent_results))
         proposal = self.proposer.propose(self._context(parent, parent_results, it), rng)
@@ -190,19 +250,22 @@ class Engine:
             self._fail(pid, parent, it, proposal, parent_results)
             return None
         tree = self.repo.tree_of_changes(parent, dict(proposal.changes))
-        if tree in self._known:
+        branch = candidate_branch(self.run_name, pid)
+        with self._lock:  # check and claim at once: two iterations in flight may propose the same files
+            owner = self._known.get(tree)
+            if owner is None:
+                self._known[tree] = branch
+        if owner is not None:
             self._fail(pid, parent, it, replace(proposal, failure="duplicate",
-                                                detail=f"the same files as {self._known[tree]}, already evaluated"),
+                                                detail=f"the same files as {owner}, already evaluated"),
                        parent_results)
             return None
         child = self.repo.commit_tree(
             tree, (parent,), subject=proposal.change.splitlines()[0][:72] if proposal.change else "mutation",
             kind="mutation", body=f"Diagnosis: {proposal.diagnosis}".strip(), run=self.run_name)
         self._trees[child] = tree
-        branch = candidate_branch(self.run_name, pid)
         self.repo.set_branch(branch, child)
         self.store.record_candidate(self.run_name, child, tree, branch, (parent,), "mutation")
-        self._known[tree] = branch
         self.store.update_proposal(pid, child_sha=child, branch=branch, diagnosis=proposal.diagnosis,
                                    change=proposal.change, files=sorted(proposal.changes),
                                    failure_kinds=sorted({r.status for r in parent_results if not r.ok}))
@@ -223,7 +286,7 @@ class Engine:
         assert p.child_sha is not None
         child_results = self._evaluate(p.child_sha, p.minibatch, "train")
         if child_results is None:
-            return evals_exhausted(self.budget, self.usage, len(p.minibatch)) or "budget"
+            return self._budget_stop(len(p.minibatch))
         parent_sum = sum(r.score for r in parent_results)
         child_sum = sum(r.score for r in child_results)
         crashed = all(r.status in FAILED_STATUSES for r in child_results)
@@ -241,7 +304,13 @@ class Engine:
         if val_results is None:  # left pending: `resume` with a larger budget finishes it
             self.store.update_proposal(p.id, child_score=child_sum, detail="accepted on the minibatch; "
                                        "validation not run: budget")
-            return evals_exhausted(self.budget, self.usage, len(self.val)) or "budget"
+            return self._budget_stop(len(self.val))
+        with self._lock:
+            return self._accept(p, val_results, child_sum, parent_sum)
+
+    def _accept(self, p: ProposalRow, val_results: Sequence[InstanceResult], child_sum: float,
+                parent_sum: float) -> None:
+        assert p.child_sha is not None
         before = self.best_objectives() or {}
         val_score = self._record_val(p.child_sha, val_results)
         self.store.update_proposal(p.id, status="accepted", reason="accepted", child_score=child_sum,
@@ -265,6 +334,10 @@ class Engine:
         self._emit("iteration", f"proposal {pid} failed ({proposal.failure}): {proposal.detail[:100]}")
 
     def _count_failure(self, reason: str) -> None:
+        with self._lock:
+            self._count_failure_locked(reason)
+
+    def _count_failure_locked(self, reason: str) -> None:
         self.llm_error_streak = self.llm_error_streak + 1 if reason == "llm_error" else 0
         self.failing_streak += 1
         self.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
