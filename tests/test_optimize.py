@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from llm_server import scripted_llm  # noqa: F401
 
-from evolver import api
+import evolver
 from evolver.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ def test_seed_text_with_a_function_evaluator(scripted_llm, tmp_path: Path) -> No
     scripted_llm.add(rewrite("Answer the question, please, and thank you."))
     train = [{"words": ["please", "thank"]}, {"words": ["please"]}, {"words": ["thank", "answer"]}]
     val = [{"words": ["please"]}, {"words": ["thank"]}]
-    result = api.optimize(seed="Answer the question.", evaluator=politeness, trainset=train, valset=val,
+    result = evolver.optimize(seed="Answer the question.", evaluator=politeness, trainset=train, valset=val,
                           objective="Be polite.", model="openai/test-model", api_base=scripted_llm.api_base,
                           max_iterations=1, run_dir=tmp_path / "run")
     assert result.best == "Answer the question, please, and thank you.\n"
@@ -38,7 +38,7 @@ def test_seed_text_with_a_function_evaluator(scripted_llm, tmp_path: Path) -> No
     assert "Answer the question." in prompt and "missing:" in prompt and "Be polite." in prompt
     # The run directory is resumed by a second call, with the same function.
     scripted_llm.add(rewrite("Answer the question, please, and thank you."))
-    again = api.optimize(seed="Answer the question.", evaluator=politeness, trainset=train, valset=val,
+    again = evolver.optimize(seed="Answer the question.", evaluator=politeness, trainset=train, valset=val,
                          objective="Be polite.", model="openai/test-model", api_base=scripted_llm.api_base,
                          max_iterations=2, run_dir=tmp_path / "run")
     assert again.iterations == 2 and again.best_branch == "evolver/run/c1"
@@ -51,7 +51,7 @@ def test_evaluator_exceptions_become_side_information(scripted_llm, tmp_path: Pa
         return 0.5
 
     scripted_llm.add(rewrite("better"))
-    api.optimize(seed="x", evaluator=broken, trainset=[1, 2, 3], valset=[1], model="openai/test-model",
+    evolver.optimize(seed="x", evaluator=broken, trainset=[1, 2, 3], valset=[1], model="openai/test-model",
                  api_base=scripted_llm.api_base, max_iterations=1, run_dir=tmp_path / "run")
     prompt = scripted_llm.prompts()[0]  # the minibatch is the whole trainset
     assert "[error] train-1" in prompt and "ValueError: cannot score example 2" in prompt
@@ -59,6 +59,6 @@ def test_evaluator_exceptions_become_side_information(scripted_llm, tmp_path: Pa
 
 def test_bad_arguments() -> None:
     with pytest.raises(UserInputError, match=r"exactly one of task= .* or seed="):
-        api.optimize(model="openai/x")
+        evolver.optimize(model="openai/x")
     with pytest.raises(UserInputError, match="needs evaluator="):
-        api.optimize(seed="x", model="openai/x")
+        evolver.optimize(seed="x", model="openai/x")
