@@ -192,6 +192,10 @@ class RunRepo:
     def tree_sha(self, sha: str) -> str:
         return self._git("rev-parse", f"{sha}^{{tree}}").decode().strip()
 
+    def diff(self, old: str, new: str, binary: bool = False) -> bytes:
+        """`git diff old new` (with --binary: applicable to any file)."""
+        return self._git("diff", *(["--binary"] if binary else []), old, new)
+
     def archive(self, sha: str) -> bytes:
         """The commit's files as an uncompressed tar (what a sandbox extracts)."""
         return self._git("archive", "--format=tar", sha)

@@ -127,7 +127,7 @@ def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None
         engine.start(seed)
         reason = engine.run()
     except KeyboardInterrupt:
-        engine._tick()
+        engine.save_progress()
         store.update_run(name, state="stopped", stop_reason="interrupted")
         raise
     finally:

@@ -121,7 +121,7 @@ def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
         task, key = _cache_key(view)
         info = view.repo.info(sha)
         parent = info.parents[0] if info.parents else None
-        diff = view.repo._git("diff", parent, sha).decode(errors="replace") if parent else ""
+        diff = view.repo.diff(parent, sha).decode(errors="replace") if parent else ""
         per = _val_scores(view, sha, task, key)
         mini = view.store.cached(key, view.repo.tree_sha(sha), p.minibatch) if p else {}
         return {
@@ -150,7 +150,7 @@ def export(run_dir: str | Path, ident: str = "best", *, branch: str | None = Non
             return {"candidate": ident, "sha": sha, "branch": branch,
                     "fetch": f"git fetch {view.path / 'repo'} {branch}:{branch}"}
         assert patch is not None and seed is not None
-        diff = view.repo._git("diff", "--binary", seed, sha)
+        diff = view.repo.diff(seed, sha, binary=True)
         Path(patch).write_bytes(diff)
         return {"candidate": ident, "sha": sha, "patch": patch, "bytes": len(diff),
                 "apply": "git apply --directory=<the task's seed folder> " + patch}

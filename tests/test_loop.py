@@ -164,3 +164,31 @@ def test_parallel_iterations_keep_store_repo_and_budget_consistent(scripted_llm,
             assert repo.resolve(branch) == child
     trees = db.execute("SELECT tree FROM candidates").fetchall()
     assert len(trees) == len(set(trees))  # no two candidates with the same files
+
+
+def test_status_show_export_from_the_cli_without_litellm(scripted_llm, tmp_path: Path) -> None:
+    scripted_llm.add(MWKR)
+    run(scripted_llm, tmp_path, Budget(max_iterations=1))
+    run_dir = str(tmp_path / "run")
+    probe = ("import sys, io, contextlib\nfrom evolver.cli import main\nout = io.StringIO()\n"
+             "with contextlib.redirect_stdout(out):\n"
+             f"    main(['status', {run_dir!r}, '--json']); main(['show', {run_dir!r}, 'best', '--json'])\n"
+             "print('litellm' in sys.modules)\nprint(out.getvalue())")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "False"  # status and show never pay for importing litellm
+    patch = tmp_path / "best.patch"
+    exported = subprocess.run([sys.executable, "-m", "evolver.cli", "export", run_dir, "--patch", str(patch)],
+                              capture_output=True, text=True, timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    target = tmp_path / "work"
+    subprocess.run(["cp", "-r", str(JOBSHOP / "seed"), str(target)], check=True)
+    subprocess.run(["git", "apply", str(patch)], cwd=target, check=True)
+    assert "return -work_remaining" in (target / "dispatch.py").read_text()
+    branch = subprocess.run([sys.executable, "-m", "evolver.cli", "export", run_dir, "--candidate", "c1",
+                             "--branch", "mwkr", "--json"], capture_output=True, text=True, timeout=120)
+    assert json.loads(branch.stdout)["branch"] == "mwkr"
+    assert RunRepo.open_or_init(tmp_path / "run" / "repo").resolve("mwkr") == show(run_dir, "c1")["sha"]
+    bad = subprocess.run([sys.executable, "-m", "evolver.cli", "show", run_dir, "c99"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "c99" in bad.stderr

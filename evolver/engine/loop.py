@@ -97,7 +97,8 @@ class Engine:
             tree = self._trees[sha] = self.repo.tree_sha(sha)
         return CandidateRef(sha=sha, tree=tree, archive=lambda: self.repo.archive(sha))
 
-    def _tick(self) -> None:
+    def save_progress(self) -> None:
+        """Write the usage counters to the store (also called by the driver on Ctrl-C)."""
         with self._lock:
             self._tick_locked()
 
@@ -200,7 +201,7 @@ class Engine:
         if self._error is not None:
             raise self._error
         reason = self._stopping or "stopped"
-        self._tick()
+        self.save_progress()
         self.store.update_run(self.run_name, state="stopped", stop_reason=reason)
         self._emit("stopped", reason)
         return reason
@@ -245,7 +246,7 @@ class Engine:
         pid = self.store.add_proposal(self.run_name, it, self.proposer.name, parent, minibatch,
                                       sum(r.score for r in parent_results))
         proposal = self.proposer.propose(self._context(parent, parent_results, it), rng)
-        self._tick()
+        self.save_progress()
         if not proposal.ok:
             self._fail(pid, parent, it, proposal, parent_results)
             return None
