@@ -274,7 +274,6 @@ def _optimize_result(result: Any, path: Path, single: str | None) -> OptimizeRes
             sha = parents[0] if parents else None
         best_files = {k: v.decode("utf-8", errors="replace") for k, v in repo.read_files(result.best).items()} \
             if result.best else None
-        frontier = tuple(branch(s) for s in result.frontier)
     finally:
         store.close()
     best: str | dict[str, str] | None = best_files
@@ -282,6 +281,6 @@ def _optimize_result(result: Any, path: Path, single: str | None) -> OptimizeRes
         best = best_files.get(single)
     return OptimizeResult(
         run_dir=str(path), stop_reason=result.stop_reason, best_branch=result.best_branch, best=best,
-        best_objectives=result.best_objectives, frontier=frontier,
+        best_objectives=result.best_objectives, frontier=result.frontier_branches,
         lineage=tuple(reversed(lineage)), iterations=result.iterations, evals=result.evals, usd=result.usd,
         seconds=result.seconds)

@@ -91,7 +91,8 @@ def _print_result(result, as_json: bool) -> None:
                        f"{result.seconds:.0f} s"))
     best = ", ".join(f"{k} {_fmt(v)}" for k, v in (result.best_objectives or {}).items())
     console.print(Text(f"best: {result.best_branch or result.best} ({best})"))
-    console.print(Text(f"frontier: {len(result.frontier)} candidates; `evolver status {result.run_dir}`"))
+    console.print(Text(f"frontier ({len(result.frontier)}): {', '.join(result.frontier_branches)}; details: "
+                       f"`evolver status {result.run_dir}`"))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -99,12 +100,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .runs import ModelConfig, start_run
     from .task import load_task
 
+    task = load_task(args.task)
     if args.run_dir is None:
-        args.run_dir = str(Path("runs") / load_task(args.task).name)
+        args.run_dir = str(Path("runs") / task.name)
     model = ModelConfig(model=args.model, api_base=args.api_base, temperature=args.temperature,
                         max_tokens=args.max_tokens, repair_turns=args.repair_turns, cache_dir=args.llm_cache)
-    loop = LoopConfig(minibatch=args.minibatch, accept=args.accept, frontier=args.frontier, seed=args.seed,
-                      workers=args.workers or 1)
+    loop = LoopConfig(minibatch=args.minibatch or task.evolve.minibatch, accept=args.accept or task.evolve.accept,
+                      frontier=args.frontier or task.evolve.frontier, seed=args.seed, workers=args.workers or 1)
     budget = budget_from_args(args)
     with LiveView(budget.to_json(), enabled=sys.stderr.isatty() and not args.json) as view:
         result = start_run(args.task, model, budget, run_dir=args.run_dir, loop=loop, lessons=args.lessons,

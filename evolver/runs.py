@@ -44,6 +44,7 @@ class RunResult:
     best_branch: str | None
     best_objectives: dict[str, float | None] | None
     frontier: tuple[str, ...]
+    frontier_branches: tuple[str, ...]
     iterations: int
     evals: int
     usd: float
@@ -132,13 +133,15 @@ def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None
         raise
     finally:
         engine.evaluator.close()
+    def branch(sha: str) -> str:
+        cand = store.candidate(sha)
+        return cand.branch if cand and cand.branch else sha[:12]
+
     best = engine.best()
-    best_branch = None
-    if best is not None:
-        cand = store.candidate(best)
-        best_branch = cand.branch if cand else None
-    return RunResult(run_dir=str(run_dir), stop_reason=reason, best=best, best_branch=best_branch,
-                     best_objectives=engine.best_objectives(), frontier=engine.frontier().members,
+    members = engine.frontier().members
+    return RunResult(run_dir=str(run_dir), stop_reason=reason, best=best, best_branch=branch(best) if best else None,
+                     best_objectives=engine.best_objectives(), frontier=members,
+                     frontier_branches=tuple(branch(m) for m in members),
                      iterations=engine.usage.iterations, evals=engine.usage.evals, usd=engine.usage.usd,
                      seconds=engine.usage.seconds)
 
@@ -168,7 +171,9 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
     store = Store(path / "run.db")
     try:
         store.record_task(task.digest, task.name, str(task.root), {"objectives": task.objectives})
-        config = {"model": model.to_json(), "budget": budget.to_json(), "loop": (loop or LoopConfig()).to_json(),
+        config = {"model": model.to_json(), "budget": budget.to_json(), "loop": (loop or LoopConfig(
+                      minibatch=task.evolve.minibatch, accept=task.evolve.accept, frontier=task.evolve.frontier)
+                  ).to_json(),
                   "lessons": str(Path(lessons).resolve()) if lessons else str((path / "lessons.jsonl").resolve()),
                   "function_evaluator": make_evaluator is not None}
         store.create_run(name, str(task.root), task.digest, config)

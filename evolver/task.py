@@ -7,6 +7,7 @@ Every field and its default (README "task.toml reference" documents the same):
             instances = "instances.toml" (optional for pytest: collected); timeout_s = 60; profile = false;
             repeats = 1
 [objectives] name = "max" | "min" ...; default { score = "max" }; "score" is added first when missing
+[evolve]    frontier = "instance" | "objective" | "hybrid" ("instance"); minibatch = 3; accept = "strict" | "ties"
 [sandbox]   backend = "auto" | "docker" | "process" ("auto"); memory_mb = 1024; cpus = 1.0;
             max_processes = 64; output_limit_mb = 64; workers = 0 (auto)
 """
@@ -31,6 +32,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "task": {"name": None, "seed": "seed", "mutable": ["**/*.py"], "objective": "", "background": ""},
     "evaluate": {"kind": "python", "evaluator": "evaluate.py", "tests": "tests", "instances": None,
                  "timeout_s": 60.0, "profile": False, "repeats": 1},
+    "evolve": {"frontier": "instance", "minibatch": 3, "accept": "strict"},
     "sandbox": {"backend": "auto", "memory_mb": 1024, "cpus": 1.0, "max_processes": 64,
                 "output_limit_mb": 64, "workers": 0},
 }
@@ -65,6 +67,15 @@ class SandboxConfig:
 
 
 @dataclass(frozen=True)
+class EvolveConfig:
+    """Defaults of `evolver run` for this task (its flags override them)."""
+
+    frontier: str = "instance"  # instance | objective | hybrid
+    minibatch: int = 3
+    accept: str = "strict"  # strict | ties
+
+
+@dataclass(frozen=True)
 class Task:
     root: Path
     name: str
@@ -81,6 +92,7 @@ class Task:
     repeats: int
     objectives: dict[str, str] = field(default_factory=dict)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    evolve: EvolveConfig = field(default_factory=EvolveConfig)
     digest: str = ""
 
     def is_mutable(self, rel_path: str) -> bool:
@@ -238,7 +250,7 @@ def load_task(path: str | Path) -> Task:
         raise TaskError(file, "(encoding)", "UTF-8 text", "bytes that are not UTF-8") from None
     for section in data:
         if section not in (*_SCHEMA, "objectives"):
-            raise TaskError(file, f"[{section}]", "sections task, evaluate, objectives, sandbox",
+            raise TaskError(file, f"[{section}]", "sections task, evaluate, objectives, evolve, sandbox",
                             f"unknown section [{section}]")
     r = _Reader(file, data)
     for section in _SCHEMA:
@@ -302,10 +314,19 @@ def load_task(path: str | Path) -> Task:
         output_limit_mb=int(_positive(r, "sandbox", "output_limit_mb", int, 1)),
         workers=int(_positive(r, "sandbox", "workers", int, 0)),
     )
+    frontier = r.get("evolve", "frontier", str, '"instance", "objective" or "hybrid"')
+    if frontier not in ("instance", "objective", "hybrid"):
+        raise TaskError(file, "[evolve] frontier", '"instance", "objective" or "hybrid"', repr(frontier))
+    accept = r.get("evolve", "accept", str, '"strict" or "ties"')
+    if accept not in ("strict", "ties"):
+        raise TaskError(file, "[evolve] accept", '"strict" or "ties"', repr(accept))
+    evolve = EvolveConfig(frontier=frontier, minibatch=int(_positive(r, "evolve", "minibatch", int, 1)),
+                          accept=accept)
     task = Task(
         root=root.resolve(), name=name, seed_dir=seed_dir, mutable=tuple(mutable), objective=objective,
         background=background, kind=kind, evaluator=evaluator, tests=tests, instances=instances,
         timeout_s=timeout_s, profile=profile, repeats=repeats, objectives=objectives, sandbox=sandbox,
+        evolve=evolve,
     )
     files = _task_files(task.root, seed_dir)
     digest = digest_files(task.root, files, extra=f"{kind}|{evaluator}|{tests}|{timeout_s}|{profile}|"

@@ -58,6 +58,8 @@ def test_good_task_has_documented_defaults(tmp_path: Path) -> None:
         ("[task]\nmutable = ['sol.py']\n[evaluate]\nkind = 'shell'\n", "[evaluate] kind", "'shell'"),
         ("[task]\nmutable = ['sol.py']\n[sandbox]\nbackend = 'vm'\n", "[sandbox] backend", "'vm'"),
         ("[task]\nmutable = ['sol.py']\n[sandbox]\nmemory_mb = true\n", "[sandbox] memory_mb", "True"),
+        ("[task]\nmutable = ['sol.py']\n[evolve]\nfrontier = 'islands'\n", "[evolve] frontier", "'islands'"),
+        ("[task]\nmutable = ['sol.py']\n[evolve]\nminibatch = 0\n", "[evolve] minibatch", "0"),
         ("[task\n", "(syntax)", "Expected"),
     ],
 )
