@@ -18,6 +18,12 @@ from rich.text import Text
 from .evidence import sanitize
 
 
+def _print_json(doc: dict[str, Any]) -> int:
+    json.dump(doc, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+    return 0
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
@@ -82,8 +88,7 @@ def budget_from_args(args: argparse.Namespace):
 def _print_result(result, as_json: bool) -> None:
     doc = dict(result.__dict__)
     if as_json:
-        json.dump(doc, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+        _print_json(doc)
         return
     console = Console()
     console.print(Text(f"stopped: {result.stop_reason}"))
@@ -131,9 +136,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     doc = status(args.run_dir)
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
+        return _print_json(doc)
     console = Console()
     console.print(Text(f"run {doc['run']} ({doc['task']}): {doc['state']}"
                        + (f", stopped: {doc['stop_reason']}" if doc["stop_reason"] else "")))
@@ -160,9 +163,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     doc = show(args.run_dir, args.candidate)
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
+        return _print_json(doc)
     console = Console()
     console.print(Text(f"{doc['candidate']} {doc['sha'][:12]} on {doc['branch']} (parent "
                        f"{(doc['parent'] or '-')[:12]}), {doc['kind']}: {doc['status']}"
@@ -190,8 +191,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     doc = export(args.run_dir, args.candidate, branch=args.branch, patch=args.patch)
     if args.json:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(doc)
     else:
         what = f"branch {doc['branch']}; {doc['fetch']}" if "branch" in doc else f"{doc['patch']}; {doc['apply']}"
         Console().print(Text(f"{doc['candidate']} ({doc['sha'][:12]}) exported: {what}"))
