@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="evolve a task")
     r.add_argument("task", help="task folder (containing task.toml)")
-    r.add_argument("--model", required=True, help="litellm model string (e.g. openai/gpt-4.1-mini)")
+    r.add_argument("--model", default="", help="litellm model string (e.g. openai/gpt-4.1-mini), or builtin "
+                   "for the LLM-free proposer")
     r.add_argument("--api-base", help="OpenAI-compatible server (Ollama, vLLM, ...)")
     r.add_argument("--temperature", type=float, default=0.7)
     r.add_argument("--max-tokens", type=int, default=4096)

@@ -51,12 +51,19 @@ class RunResult:
     seconds: float
 
 
+BUILTIN = "builtin"  # the LLM-free mutation proposer
+NO_MODEL = ("--model: expected a litellm model string (e.g. openai/gpt-4.1-mini with OPENAI_API_KEY set, "
+            "anthropic/... with ANTHROPIC_API_KEY, gemini/... with GEMINI_API_KEY), or openai/NAME with "
+            "--api-base URL for a local OpenAI-compatible server (Ollama, vLLM), or builtin for the LLM-free "
+            "proposer; found none")
+
+
 def check_model(model: ModelConfig) -> None:
     """Fail early, with what to set, when no LLM call could succeed."""
-    if model.model == "builtin":
-        raise UserInputError("--model builtin: expected an LLM model string, found 'builtin': the LLM-free "
-                             "proposer is not in this version yet; use a litellm model (e.g. openai/gpt-4.1-mini) "
-                             "or a local server with --api-base")
+    if model.model == BUILTIN:
+        return
+    if not model.model:
+        raise UserInputError(NO_MODEL)
     from .llm import resolve_credentials
 
     problem = resolve_credentials(model.model, model.api_base)
@@ -66,6 +73,10 @@ def check_model(model: ModelConfig) -> None:
 
 def _make_proposer(model: ModelConfig, store: Store, run: str):
     check_model(model)
+    if model.model == BUILTIN:
+        from .proposers.builtin import BuiltinProposer
+
+        return BuiltinProposer()
     from .llm import LLM, LLMConfig
     from .proposers.reflective import ReflectiveProposer
 

@@ -263,10 +263,10 @@ class Engine:
             return None
         child = self.repo.commit_tree(
             tree, (parent,), subject=proposal.change.splitlines()[0][:72] if proposal.change else "mutation",
-            kind="mutation", body=f"Diagnosis: {proposal.diagnosis}".strip(), run=self.run_name)
+            kind=self.proposer.name, body=f"Diagnosis: {proposal.diagnosis}".strip(), run=self.run_name)
         self._trees[child] = tree
         self.repo.set_branch(branch, child)
-        self.store.record_candidate(self.run_name, child, tree, branch, (parent,), "mutation")
+        self.store.record_candidate(self.run_name, child, tree, branch, (parent,), self.proposer.name)
         self.store.update_proposal(pid, child_sha=child, branch=branch, diagnosis=proposal.diagnosis,
                                    change=proposal.change, files=sorted(proposal.changes),
                                    failure_kinds=sorted({r.status for r in parent_results if not r.ok}))
