@@ -173,11 +173,16 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
     if (path / "run.db").exists():
         probe = Store(path / "run.db")
         try:
-            if probe.run(path.resolve().name) is not None:
-                raise UserInputError(f"{path}: expected a new run directory, found an existing run; use "
-                                     f"`evolver resume {path}` or pick another --run")
+            existing = probe.run(path.resolve().name)
         finally:
             probe.close()
+        if existing is not None:
+            # Running the same command again continues the run (with this budget), like `evolver resume`.
+            if existing.task_path != str(task.root) or existing.config["model"]["model"] != model.model:
+                raise UserInputError(f"{path}: expected a new run directory or a run of the same task and model, "
+                                     f"found a run of {existing.task_path} with {existing.config['model']['model']}; "
+                                     "pick another --run")
+            return resume_run(path, budget=budget, on_event=on_event, make_evaluator=make_evaluator)
     name = path.resolve().name
     store = Store(path / "run.db")
     try:

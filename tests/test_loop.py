@@ -192,3 +192,12 @@ def test_status_show_export_from_the_cli_without_litellm(scripted_llm, tmp_path:
     bad = subprocess.run([sys.executable, "-m", "evolver.cli", "show", run_dir, "c99"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "c99" in bad.stderr
+
+
+def test_rerunning_the_same_command_continues_the_run(tmp_path: Path) -> None:
+    first = start_run(JOBSHOP, ModelConfig(model="builtin"), Budget(max_evals=40), run_dir=tmp_path / "run")
+    again = start_run(JOBSHOP, ModelConfig(model="builtin"), Budget(max_evals=80), run_dir=tmp_path / "run")
+    assert first.evals <= 40 < again.evals <= 80 and again.iterations > first.iterations
+    with pytest.raises(Exception, match="same task and model"):
+        start_run(JOBSHOP, ModelConfig(model="openai/x", api_base="http://127.0.0.1:9"), Budget(max_evals=90),
+                  run_dir=tmp_path / "run")

@@ -340,11 +340,14 @@ class Engine:
 
     def _count_failure_locked(self, reason: str) -> None:
         self.llm_error_streak = self.llm_error_streak + 1 if reason == "llm_error" else 0
-        self.failing_streak += 1
+        # A worse or duplicate child is a working proposal that lost; the warning is for proposals that yield
+        # nothing evaluable (edits that do not apply, no-ops, LLM errors, children that crash).
+        self.failing_streak = 0 if reason in ("worse", "duplicate") else self.failing_streak + 1
         self.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
         if self.failing_streak == FAILING_STREAK_WARNING:
-            self._emit("warning", f"the last {FAILING_STREAK_WARNING} proposals all failed (latest: {reason}); "
-                                  "check the model, the task's feedback, or `evolver show` of a failed one")
+            self._emit("warning", f"the last {FAILING_STREAK_WARNING} proposals all failed to give a working "
+                                  f"child (latest: {reason}); check the model, the task's feedback, or "
+                                  "`evolver show` of a failed one")
 
     def _lesson(self, p: ProposalRow, outcome: str, reason: str, delta: float | None) -> None:
         self.lessons.append(Lesson(
