@@ -59,14 +59,21 @@ def _run_produce(job: dict) -> dict:
     produce = getattr(evaluator, "produce", None)
     if produce is None:
         raise AttributeError(f"{job['evaluator_label']} defines no produce(inputs) function")
+    channel = None
+    if job.get("channel"):  # the evaluator serves a session: produce(inputs, channel)
+        from .session import Channel
+
+        channel = Channel(*job["channel"])
     profiler = _profiler() if job.get("profile") else None
     if profiler is not None:
         profiler.enable()
     try:
-        output = produce(job["inputs"])
+        output = produce(job["inputs"]) if channel is None else produce(job["inputs"], channel)
     finally:
         if profiler is not None:
             profiler.disable()
+        if channel is not None:
+            channel.close()
     try:
         text = json.dumps(output, allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -21,6 +21,10 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 TERM_GRACE_S = 0.5
+# Set by the docker pool's fork-server for pytest runs only: children are then forked from a process that has
+# pytest imported already, without exec (pytest mode trusts the candidate's process anyway, see trusted.py).
+# An evaluator-mode child always execs a fresh interpreter that holds nothing of the trusted side.
+IN_PROCESS_CHILD = None
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -45,9 +49,12 @@ ChildLimits = namedtuple(
 ChildIdentity = namedtuple("ChildIdentity", "uid gid", defaults=(None, None))
 
 
+# session_fault: what the candidate did wrong on the session channel ("" if nothing, or no session);
+# session_killed: whether the harness ended the child for it (else the child had exited by itself).
 ChildRun = namedtuple(
     "ChildRun",
-    "exit_code signal timed_out wall_s cpu_s peak_rss_mb stdout stderr stdout_bytes stderr_bytes result_text")
+    "exit_code signal timed_out wall_s cpu_s peak_rss_mb stdout stderr stdout_bytes stderr_bytes result_text "
+    "session_fault session_killed", defaults=("", False))
 
 
 def _count_processes(uid: int) -> int:
@@ -131,7 +138,7 @@ def _read_capped(path: str, keep: int) -> tuple[str, int]:
     return text, size
 
 
-def _spawn(argv: list[str], stdio: tuple[int, int, int], keep_fd: int, cwd: str, env: dict[str, str],
+def _spawn(argv: list[str], stdio: tuple[int, int, int], keep_fds: tuple, cwd: str, env: dict[str, str],
            prepare) -> int:
     """fork + execve with `prepare()` run in between (limits, uid). Not subprocess: importing it costs ~5 ms
     of every harness start, and the harness is single-threaded, so a plain fork is safe."""
@@ -141,12 +148,21 @@ def _spawn(argv: list[str], stdio: tuple[int, int, int], keep_fd: int, cwd: str,
         try:
             for target, fd in enumerate(stdio):
                 os.dup2(fd, target)
-            os.set_inheritable(keep_fd, True)
-            os.closerange(3, keep_fd)
-            os.closerange(keep_fd + 1, max(keep_fd + 1, err_w))
-            os.closerange(err_w + 1, 65536)
+            low = 3
+            for fd in sorted((*keep_fds, err_w)):  # close everything else, keep these by number
+                os.closerange(low, fd)
+                low = fd + 1
+                if fd != err_w:
+                    os.set_inheritable(fd, True)
+            os.closerange(low, 65536)
             os.chdir(cwd)
             prepare()
+            if IN_PROCESS_CHILD is not None:  # no exec: run the child's code in this pre-imported copy
+                os.environ.clear()
+                os.environ.update(env)
+                os.close(err_w)
+                IN_PROCESS_CHILD(int(argv[-1]))  # ends the process itself
+                os._exit(3)
             os.execve(argv[0], argv, env)
         except BaseException as exc:  # noqa: BLE001 - reported to the parent through the pipe
             try:
@@ -166,8 +182,10 @@ def _spawn(argv: list[str], stdio: tuple[int, int, int], keep_fd: int, cwd: str,
     return pid
 
 
-def _wait(pid: int, timeout_s: float) -> tuple[int, resource.struct_rusage, bool]:
-    """Wait for the child with a wall-clock limit; on expiry SIGTERM its group, then SIGKILL."""
+def _wait(pid: int, timeout_s: float, session=None) -> tuple[int, resource.struct_rusage, bool]:
+    """Wait for the child with a wall-clock limit; on expiry SIGTERM its group, then SIGKILL. With a session,
+    answer the child's requests meanwhile; a protocol fault or a server failure ends the child at once."""
+    deadline = time.monotonic() + timeout_s
     reaped: list[tuple[int, resource.struct_rusage]] = []
     try:
         pidfd: int | None = os.pidfd_open(pid)
@@ -189,7 +207,16 @@ def _wait(pid: int, timeout_s: float) -> tuple[int, resource.struct_rusage, bool
 
     timed_out = False
     try:
-        if not exited_within(timeout_s):
+        if session is not None and not session.serve(pidfd, exited_within, deadline, time.monotonic):
+            if session.fault_killed or session.error is not None:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                exited_within(5.0)
+            else:
+                timed_out = True
+        if timed_out or (session is None and not exited_within(timeout_s)):
             timed_out = True
             for sig, grace in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5.0)):
                 try:  # not contextlib: its import costs start-up time in every sandbox process
@@ -218,7 +245,11 @@ def run_child(
     cwd: str,
     env: dict[str, str],
     keep_output: int,
+    session=None,
 ) -> ChildRun:
+    """Run the child to its end. `session` (a session.Session) serves the child's requests while it runs;
+    its descriptor numbers must already be in `job`. A failure of the evaluator's server is raised (as
+    session.ServerError) once the child is gone."""
     job_path, out_path, err_path, res_path = (
         os.path.join(io_dir, f"{name}-{tag}") for name in ("job", "stdout", "stderr", "result"))
     with open(job_path, "w", encoding="utf-8") as f:
@@ -252,11 +283,18 @@ def run_child(
     start = time.monotonic()
     with open(job_path, "rb") as stdin, open(out_path, "wb") as stdout, open(err_path, "wb") as stderr:
         try:
-            pid = _spawn([*argv, str(res_fd)], (stdin.fileno(), stdout.fileno(), stderr.fileno()), res_fd, cwd,
+            keep = (res_fd, *session.child_fds()) if session is not None else (res_fd,)
+            pid = _spawn([*argv, str(res_fd)], (stdin.fileno(), stdout.fileno(), stderr.fileno()), keep, cwd,
                          env, prepare_child)
         finally:
             os.close(res_fd)
-        status, usage, timed_out = _wait(pid, limits.timeout_s)
+            if session is not None:
+                session.after_spawn()
+        try:
+            status, usage, timed_out = _wait(pid, limits.timeout_s, session)
+        finally:
+            if session is not None:
+                session.close()
     wall = time.monotonic() - start
     kill_leftovers()
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -270,6 +308,8 @@ def run_child(
             os.unlink(p)
         except OSError:
             pass
+    if session is not None and session.error is not None:
+        raise session.error
     return ChildRun(
         exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
         signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
@@ -282,4 +322,6 @@ def run_child(
         stdout_bytes=out_bytes,
         stderr_bytes=err_bytes,
         result_text=result_text,
+        session_fault=session.fault if session is not None else "",
+        session_killed=session.fault_killed if session is not None else False,
     )

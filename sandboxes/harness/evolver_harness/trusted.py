@@ -25,9 +25,11 @@ PROTOCOL_VERSION = 1
 PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 
 
-def _format_exc(limit: int) -> str:
+def _format_exc(limit: int, exc: BaseException | None = None) -> str:
     import traceback  # only failures pay for traceback's imports (~3 ms of every harness start)
 
+    if exc is not None:
+        return "".join(traceback.format_exception(exc, limit=limit))
     return traceback.format_exc(limit=limit)
 
 
@@ -168,13 +170,14 @@ class Harness:
             "roots": self.roots, **extra,
         }
 
-    def _child(self, job: dict, timeout_s: float | None = None) -> tuple[ChildRun, dict | None]:
+    def _child(self, job: dict, timeout_s: float | None = None, session=None) -> tuple[ChildRun, dict | None]:
         self.counter += 1
         limits = self.limits
         if timeout_s is not None:
             limits = ChildLimits(timeout_s, limits.memory_mb, limits.file_size_bytes, limits.max_processes)
         run = run_child(self.argv, job, self.io_dir, str(self.counter), limits, self.identity,
-                        self.req["candidate_dir"], self.env, int(self.req.get("keep_output_bytes", 4096)))
+                        self.req["candidate_dir"], self.env, int(self.req.get("keep_output_bytes", 4096)),
+                        session)
         try:
             doc = _child_json(run.result_text) if run.result_text.strip() else None
             if doc is not None and not isinstance(doc, dict):
@@ -194,11 +197,12 @@ class Harness:
             results.append(self._one_instance(evaluator, evaluator_path, instance))
         return results
 
-    def _evaluator_failure(self, instance: str, run: ChildRun | None, where: str) -> dict:
+    def _evaluator_failure(self, instance: str, run: ChildRun | None, where: str,
+                           exc: BaseException | None = None) -> dict:
         rec = _base(instance, run)
         rec["status"] = "evaluator_error"
         rec["feedback"] = relabel(f"The task's evaluator failed in {where} (not the candidate's fault):\n"
-                                  + _format_exc(-8), self.roots)
+                                  + _format_exc(-8, exc), self.roots)
         return rec
 
     def _one_instance(self, evaluator, evaluator_path: str, instance: str) -> dict:
@@ -210,7 +214,30 @@ class Harness:
             return self._evaluator_failure(instance, None, "prepare")
         job = self._job("produce", evaluator_path=evaluator_path, inputs=inputs,
                         evaluator_label=f"task/{self.req['evaluator']}")
-        run, doc = self._child(job)
+        serve = getattr(evaluator, "serve", None)
+        if not callable(serve):
+            run, doc = self._child(job)
+            judge_kwargs = {}
+        else:
+            from .session import ServerError, Session  # only serving evaluators pay for the import
+
+            try:
+                server = serve(instance, inputs)
+                session = Session(server)
+            except Exception:  # noqa: BLE001
+                return self._evaluator_failure(instance, None, "serve")
+            try:
+                job["channel"] = list(session.child_fds())
+                run, doc = self._child(job, session=session)
+            except ServerError as exc:
+                return self._evaluator_failure(instance, None, "the session server's handle", exc.__cause__)
+            finally:
+                session.close()
+            judge_kwargs = {"session": server}
+            if run.session_fault and not run.timed_out and (run.session_killed or (doc or {}).get("ok")):
+                rec = _base(instance, run)
+                rec["status"], rec["feedback"] = "error", run.session_fault
+                return rec
         rec = _base(instance, run)
         if doc is not None:
             rec["profile"] = _profile_rows(doc.get("profile"))
@@ -223,7 +250,7 @@ class Harness:
             rec["status"], rec["feedback"] = "error", "The candidate's process returned a malformed result."
             return rec
         try:
-            verdict = _verdict(instance, evaluator.judge(instance, inputs, output, _usage(run)))
+            verdict = _verdict(instance, evaluator.judge(instance, inputs, output, _usage(run), **judge_kwargs))
         except Exception:  # noqa: BLE001
             return self._evaluator_failure(instance, run, "judge")
         rec.update(score=verdict["score"], objectives=verdict["objectives"], feedback=verdict["feedback"],
@@ -283,13 +310,9 @@ class Harness:
         return results
 
 
-def main() -> None:
-    result_fd = os.dup(1)  # non-inheritable: children never get the results channel
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    harden_self()
+def respond(request: dict) -> dict[str, Any]:
+    """Run one request to its result document. Every failure of the task's code ends up in the document."""
     started = time.monotonic()
-    request = json.loads(sys.stdin.buffer.read())
     doc: dict[str, Any] = {"version": PROTOCOL_VERSION, "nonce": request.get("nonce"), "results": [],
                            "error": None, "mode": request.get("mode")}
     try:
@@ -313,5 +336,14 @@ def main() -> None:
     finally:
         kill_leftovers()
     doc["harness_wall_s"] = round(time.monotonic() - started, 6)
+    return doc
+
+
+def main() -> None:
+    result_fd = os.dup(1)  # non-inheritable: children never get the results channel
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    harden_self()
+    doc = respond(json.loads(sys.stdin.buffer.read()))
     with os.fdopen(result_fd, "w", encoding="utf-8") as out:
         out.write(json.dumps(doc, allow_nan=False))
