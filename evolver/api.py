@@ -11,7 +11,7 @@ from typing import Any
 from .errors import UserInputError
 from .evaluation import CandidateRef, Evaluator, InstanceResult, instances_for
 from .repo import RunRepo, seed_branch
-from .sandbox import make_sandbox
+from .sandbox import task_sandbox
 from .store import Store
 from .task import SPLITS, Task, load_task
 
@@ -100,7 +100,7 @@ def evaluate(
     run_path = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_DIR / task.name
     run = run_path.resolve().name
     notes: list[str] = []
-    sandbox = make_sandbox(backend or task.sandbox.backend)
+    sandbox = task_sandbox(task, backend)
     store = Store(run_path / "run.db")
     try:
         store.record_task(task.digest, task.name, str(task.root), {"objectives": task.objectives,

@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--branch")
     group.add_argument("--patch")
     ex.add_argument("--json", action="store_true")
+
+    from .sandbox_cli import add_parser as add_sandbox_parser
+
+    add_sandbox_parser(sub)
     return p
 
 
@@ -174,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "sandbox":
+            from . import sandbox_cli
+
+            return sandbox_cli.dispatch(args)
         from . import run_cli
 
         return run_cli.dispatch(args)

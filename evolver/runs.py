@@ -17,7 +17,7 @@ from .errors import UserInputError
 from .evaluation import CandidateEvaluator, Evaluator
 from .lessons import LessonLog
 from .repo import RunRepo, seed_branch
-from .sandbox import make_sandbox
+from .sandbox import task_sandbox
 from .store import Store
 from .task import Task, load_task
 
@@ -90,7 +90,7 @@ EvaluatorFactory = Callable[[Task, Store], CandidateEvaluator]
 
 
 def sandbox_evaluator(task: Task, store: Store) -> CandidateEvaluator:
-    return Evaluator(task, make_sandbox(task.sandbox.backend), store)
+    return Evaluator(task, task_sandbox(task), store)
 
 
 def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | None,

@@ -9,7 +9,8 @@ Every field and its default (README "task.toml reference" documents the same):
 [objectives] name = "max" | "min" ...; default { score = "max" }; "score" is added first when missing
 [evolve]    frontier = "instance" | "objective" | "hybrid" ("instance"); minibatch = 3; accept = "strict" | "ties"
 [sandbox]   backend = "auto" | "docker" | "process" ("auto"); memory_mb = 1024; cpus = 1.0;
-            max_processes = 64; output_limit_mb = 64; workers = 0 (auto)
+            max_processes = 64; output_limit_mb = 64; workers = 0 (auto);
+            isolation = "pool" | "strict" ("pool"); recycle_after = 50 (docker: evaluations per container)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                  "timeout_s": 60.0, "profile": False, "repeats": 1},
     "evolve": {"frontier": "instance", "minibatch": 3, "accept": "strict"},
     "sandbox": {"backend": "auto", "memory_mb": 1024, "cpus": 1.0, "max_processes": 64,
-                "output_limit_mb": 64, "workers": 0},
+                "output_limit_mb": 64, "workers": 0, "isolation": "pool", "recycle_after": 50},
 }
 
 
@@ -56,6 +57,13 @@ class Instances:
         return out
 
 
+def _isolation(r: Any, file: str) -> str:
+    isolation = r.get("sandbox", "isolation", str, '"pool" or "strict"')
+    if isolation not in ("pool", "strict"):
+        raise TaskError(file, "[sandbox] isolation", '"pool" or "strict"', repr(isolation))
+    return isolation
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     backend: str = "auto"
@@ -64,6 +72,8 @@ class SandboxConfig:
     max_processes: int = 64
     output_limit_mb: int = 64
     workers: int = 0
+    isolation: str = "pool"  # docker: warm pool with a fork-server, or "strict": one container per evaluation
+    recycle_after: int = 50
 
 
 @dataclass(frozen=True)
@@ -313,6 +323,8 @@ def load_task(path: str | Path) -> Task:
         max_processes=int(_positive(r, "sandbox", "max_processes", int, 1)),
         output_limit_mb=int(_positive(r, "sandbox", "output_limit_mb", int, 1)),
         workers=int(_positive(r, "sandbox", "workers", int, 0)),
+        isolation=_isolation(r, file),
+        recycle_after=int(_positive(r, "sandbox", "recycle_after", int, 1)),
     )
     frontier = r.get("evolve", "frontier", str, '"instance", "objective" or "hybrid"')
     if frontier not in ("instance", "objective", "hybrid"):

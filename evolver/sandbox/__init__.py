@@ -2,19 +2,66 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 from ..errors import UserInputError
 from .base import Sandbox, SandboxJob, SandboxLimits, SandboxRun
 from .process import ProcessSandbox
 
-__all__ = ["ProcessSandbox", "Sandbox", "SandboxJob", "SandboxLimits", "SandboxRun", "make_sandbox"]
+__all__ = ["ProcessSandbox", "Sandbox", "SandboxJob", "SandboxLimits", "SandboxRun", "make_sandbox",
+           "resolve_backend", "task_sandbox"]
+
+BACKEND_ENV = "EVOLVER_BACKEND"  # overrides `auto` (process or docker), e.g. for a machine without Docker
 
 
-def make_sandbox(backend: str) -> Sandbox:
-    """`auto` -> docker when an engine answers and the docker backend is available, else process."""
-    if backend in ("auto", "process"):
+def resolve_backend(backend: str) -> tuple[str, str]:
+    """(backend, why): what `auto` means on this machine right now."""
+    if backend not in ("auto", "docker", "process"):
+        raise UserInputError(f"[sandbox] backend: expected \"auto\", \"docker\" or \"process\", found {backend!r}")
+    if backend != "auto":
+        return backend, "named in task.toml or on the command line"
+    forced = os.environ.get(BACKEND_ENV, "")
+    if forced in ("docker", "process"):
+        return forced, f"{BACKEND_ENV}={forced}"
+    from .docker_host import connect
+    from .images import base_tag, image_exists
+
+    client = connect()
+    if client is None:
+        return "process", "no Docker engine answers"
+    try:
+        tag = base_tag()
+    except UserInputError:
+        return "process", "the sandbox image recipe is not installed"
+    if not image_exists(client, tag):
+        return "process", f"the sandbox image {tag} is not built (run `evolver sandbox build`)"
+    return "docker", f"a Docker engine answers and {tag} is built"
+
+
+def make_sandbox(backend: str, *, task_root: Path | None = None, isolation: str = "pool",
+                 recycle_after: int = 50, run_label: str = "",
+                 progress: Callable[[str], None] = lambda _msg: None) -> Sandbox:
+    """`auto` -> docker when an engine answers and the base image is built, else process."""
+    chosen, _why = resolve_backend(backend)
+    if chosen == "process":
         return ProcessSandbox()
-    if backend == "docker":
-        raise UserInputError(
-            "[sandbox] backend: expected \"auto\" or \"process\", found \"docker\": the docker backend is not "
-            "available in this version of evolver; use backend = \"auto\" (falls back to the process sandbox)")
-    raise UserInputError(f"[sandbox] backend: expected \"auto\", \"docker\" or \"process\", found {backend!r}")
+    from .docker import UNAVAILABLE, DockerSandbox
+    from .docker_host import connect
+    from .images import build_base_image, task_image
+
+    client = connect()
+    if client is None:
+        raise UserInputError(f"[sandbox] backend = \"docker\": {UNAVAILABLE}")
+    base, _built = build_base_image(client, progress=progress)
+    image = task_image(client, task_root, base, progress) if task_root is not None else base
+    return DockerSandbox(client, image, isolation=isolation, recycle_after=recycle_after, run_label=run_label)
+
+
+def task_sandbox(task: Any, backend: str | None = None) -> Sandbox:
+    """The sandbox a task's [sandbox] table asks for (`backend` overrides it)."""
+    cfg = task.sandbox
+    return make_sandbox(backend or cfg.backend, task_root=task.root, isolation=cfg.isolation,
+                        recycle_after=cfg.recycle_after, run_label=task.name)

@@ -7,6 +7,7 @@ document they get back are the same, so results and side information do not depe
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,19 @@ def valid_text(doc: Any) -> Any:
     if isinstance(doc, dict):
         return {valid_text(k): valid_text(v) for k, v in doc.items()}
     return doc
+
+
+def parse_document(text: str, nonce: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(payload, None) for the harness's result document of this evaluation, else (None, why not)."""
+    try:
+        doc = valid_text(json.loads(text))
+    except ValueError:
+        return None, f"the harness's result is not a JSON document: {text[:200]!r}"
+    if not isinstance(doc, dict) or doc.get("nonce") != nonce:
+        return None, "the harness result did not carry this evaluation's nonce (forged or corrupted)"
+    if doc.get("version") != PROTOCOL_VERSION:
+        return None, f"harness protocol version {doc.get('version')} (expected {PROTOCOL_VERSION})"
+    return doc, None
 
 
 def harness_package_dir() -> Path:

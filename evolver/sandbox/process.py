@@ -21,16 +21,15 @@ import stat
 import subprocess
 import sys
 import sysconfig
-import tarfile
 import tempfile
 import threading
 import time
 from functools import lru_cache
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from .base import CHILD_ENV_BASE, SandboxJob, SandboxRun, build_request, harness_package_dir, valid_text
+from .base import CHILD_ENV_BASE, SandboxJob, SandboxRun, build_request, harness_package_dir, parse_document
+from .workdir import fill_workdir
 
 DIR_PREFIX = "evolver-sbx-"
 STDOUT_CAP = 256 * 1024 * 1024  # the harness's result document
@@ -124,13 +123,6 @@ def _child_identity() -> tuple[int | None, int | None, str, str]:
         f"(install python{version} system-wide or use the docker backend)")
 
 
-def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    os.chown(path, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
-
-
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -213,25 +205,7 @@ class ProcessSandbox:
 
     def _prepare_dirs(self, job: SandboxJob, uid: int | None, gid: int | None) -> tuple[Path, Path, Path, Path]:
         root = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=self.base_dir))
-        root.chmod(0o755)
-        candidate, task, scratch = root / "candidate", root / "task", root / "scratch"
-        candidate.mkdir()
-        with tarfile.open(fileobj=BytesIO(job.archive), mode="r:") as tar:
-            tar.extractall(candidate, filter="data")
-        task.mkdir()
-        for src in job.task_files:
-            dst = task / src.relative_to(job.task_root)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-        for dirpath, _dirnames, filenames in os.walk(task):
-            os.chmod(dirpath, 0o755)
-            for f in filenames:
-                os.chmod(os.path.join(dirpath, f), 0o644)
-        scratch.mkdir(mode=0o700)
-        if uid is not None and gid is not None:
-            _chown_tree(candidate, uid, gid)
-            os.chown(scratch, uid, gid)
-        return root, candidate, task, scratch
+        return (root, *fill_workdir(root, job, uid, gid))
 
     def run(self, job: SandboxJob) -> SandboxRun:
         slot, uid, gid = self._take_uid()
@@ -327,15 +301,8 @@ def _to_run(backend: str, status: int, usage, timed_out: bool, wall: float, out:
     if timed_out:
         error = f"the harness exceeded its time limit ({job.harness_timeout_s():g} s) and was killed"
     else:
-        try:
-            doc = valid_text(json.loads(stdout))
-            if not isinstance(doc, dict) or doc.get("nonce") != nonce:
-                error = "the harness result did not carry this evaluation's nonce (forged or corrupted)"
-            elif doc.get("version") != 1:
-                error = f"harness protocol version {doc.get('version')} (expected 1)"
-            else:
-                payload = doc
-        except ValueError:
+        payload, error = parse_document(stdout, nonce)
+        if payload is None and not stdout.strip():
             code = os.waitstatus_to_exitcode(status)
             error = f"the harness exited ({code}) without a result document: {stderr[-2000:].strip()}"
     memory_exceeded = bool(payload and any(r.get("status") == "memory" for r in payload.get("results", [])))
