@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--accept", choices=["strict", "ties"], help="default: task's [evolve] accept, else strict")
     r.add_argument("--frontier", choices=["instance", "objective", "hybrid"],
                    help="default: task's [evolve] frontier, else instance")
+    r.add_argument("--no-merge", dest="merge", action="store_false", default=None,
+                   help="never merge frontier candidates (default: task's [evolve] merge, else merge)")
+    r.add_argument("--max-merges", type=int, help="merge attempts over the run (default: task's, else 5)")
     _budget_args(r)
     r.add_argument("--workers", type=int, help="iterations in flight at once (proposals and their evaluations)")
     r.add_argument("--json", action="store_true", help="print the result as JSON at the end, no live view")

@@ -189,6 +189,13 @@ class RunRepo:
         return CommitInfo(sha=c.hexsha, tree=c.tree.hexsha, parents=tuple(p.hexsha for p in c.parents),
                           kind=kind, message=str(c.message))
 
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of two commits (git merge-base), or None when they share no history."""
+        try:
+            return self._git("merge-base", a, b).decode().strip() or None
+        except RuntimeError:  # exit 1: no common ancestor
+            return None
+
     def tree_sha(self, sha: str) -> str:
         return self._git("rev-parse", f"{sha}^{{tree}}").decode().strip()
 

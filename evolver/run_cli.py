@@ -111,7 +111,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     model = ModelConfig(model=args.model, api_base=args.api_base, temperature=args.temperature,
                         max_tokens=args.max_tokens, repair_turns=args.repair_turns, cache_dir=args.llm_cache)
     loop = LoopConfig(minibatch=args.minibatch or task.evolve.minibatch, accept=args.accept or task.evolve.accept,
-                      frontier=args.frontier or task.evolve.frontier, seed=args.seed, workers=args.workers or 1)
+                      frontier=args.frontier or task.evolve.frontier, seed=args.seed, workers=args.workers or 1,
+                      merge=task.evolve.merge if args.merge is None else args.merge,
+                      max_merges=task.evolve.max_merges if args.max_merges is None else args.max_merges)
     budget = budget_from_args(args)
     with LiveView(budget.to_json(), enabled=sys.stderr.isatty() and not args.json) as view:
         result = start_run(args.task, model, budget, run_dir=args.run_dir, loop=loop, lessons=args.lessons,
@@ -155,6 +157,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     console.print(table)
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(doc["proposals"].items()))
     console.print(Text(f"proposals: {outcomes or 'none yet'}"))
+    merges = doc["merges"]
+    if merges["attempts"]:
+        pairs = "; ".join(f"{m['merge']} = {' + '.join(m['parents'])} ({m['resolution'] or '-'}, {m['outcome']})"
+                          for m in merges["pairs"])
+        console.print(Text(f"merges: {merges['attempts']} attempted, {merges['accepted']} accepted: {pairs}"))
     return 0
 
 
@@ -174,6 +181,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if doc["child_minibatch_sum"] is not None or doc["parent_minibatch_sum"] is not None:
         console.print(Text(f"minibatch sum: child {_fmt(doc['child_minibatch_sum'])} vs parent "
                            f"{_fmt(doc['parent_minibatch_sum'])}"))
+    if doc["merge"]:
+        _print_merge(console, doc["merge"])
     if doc["val"]:
         table = Table(title="validation", title_justify="left")
         for col in ("instance", "status", "score"):
@@ -184,6 +193,26 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if doc["diff"]:
         console.print(Syntax(doc["diff"], "diff", theme="ansi_dark"))
     return 0
+
+
+def _print_merge(console: Console, merge: dict[str, Any]) -> None:
+    a, b = merge["parents"]
+    sums = merge["parent_subsample_sums"]
+    console.print(Text(f"merge of {a} and {b} (base {merge['base']}): {merge['conflicts']} conflict(s), "
+                       f"resolution {merge['resolution']}; parents' subsample sums {a} {_fmt(sums.get(a))}, "
+                       f"{b} {_fmt(sums.get(b))}"))
+    table = Table(title="contributions", title_justify="left")
+    for col in ("file", "base lines", "from", "what"):
+        table.add_column(col)
+    for c in merge["contributions"]:
+        lines = "-".join(str(n) for n in c["base_lines"]) if c.get("base_lines") else "-"
+        if c["from"] == "conflict":
+            what = f"conflict {c['conflict']} resolved by {c.get('resolution', '-')}" + (
+                f": {c['why']}" if c.get("why") else "")
+            table.add_row(c["path"], lines, "conflict", Text(sanitize(what)))
+        else:
+            table.add_row(c["path"], lines, c["from"], Text(sanitize(c.get("text", ""))))
+    console.print(table)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

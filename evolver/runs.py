@@ -72,18 +72,22 @@ def check_model(model: ModelConfig) -> None:
 
 
 def _make_proposer(model: ModelConfig, store: Store, run: str):
+    """The run's proposer and merger: both use the same LLM (or, with builtin, none)."""
     check_model(model)
+    from .proposers.merge import LLMResolver, Merger, ScoreResolver
+
     if model.model == BUILTIN:
         from .proposers.builtin import BuiltinProposer
 
-        return BuiltinProposer()
+        return BuiltinProposer(), Merger(ScoreResolver())
     from .llm import LLM, LLMConfig
     from .proposers.reflective import ReflectiveProposer
 
     llm = LLM(LLMConfig(model=model.model, api_base=model.api_base, temperature=model.temperature,
                         max_tokens=model.max_tokens, timeout_s=model.timeout_s, cache_dir=model.cache_dir),
               on_call=lambda record: store.record_llm_call(run, None, record))
-    return ReflectiveProposer(llm, repair_turns=model.repair_turns)
+    return (ReflectiveProposer(llm, repair_turns=model.repair_turns),
+            Merger(LLMResolver(llm, repair_turns=model.repair_turns)))
 
 
 EvaluatorFactory = Callable[[Task, Store], CandidateEvaluator]
@@ -123,10 +127,10 @@ def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | Non
     loop = LoopConfig(**cfg["loop"])
     if workers:  # `resume --workers N`: this session only
         loop = replace(loop, workers=workers)
-    engine = Engine(task=task, run=name, repo=repo, store=store, evaluator=evaluator,
-                    proposer=_make_proposer(model, store, name), lessons=LessonLog(cfg["lessons"]),
-                    budget=budget, config=loop, on_event=on_event,
-                    usd_spent=lambda: store.llm_totals(name)["usd"])
+    proposer, merger = _make_proposer(model, store, name)
+    engine = Engine(task=task, run=name, repo=repo, store=store, evaluator=evaluator, proposer=proposer,
+                    lessons=LessonLog(cfg["lessons"]), budget=budget, config=loop, on_event=on_event,
+                    usd_spent=lambda: store.llm_totals(name)["usd"], merger=merger)
     return engine, seed
 
 
@@ -188,7 +192,8 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
     try:
         store.record_task(task.digest, task.name, str(task.root), {"objectives": task.objectives})
         config = {"model": model.to_json(), "budget": budget.to_json(), "loop": (loop or LoopConfig(
-                      minibatch=task.evolve.minibatch, accept=task.evolve.accept, frontier=task.evolve.frontier)
+                      minibatch=task.evolve.minibatch, accept=task.evolve.accept, frontier=task.evolve.frontier,
+                      merge=task.evolve.merge, max_merges=task.evolve.max_merges)
                   ).to_json(),
                   "lessons": str(Path(lessons).resolve()) if lessons else str((path / "lessons.jsonl").resolve()),
                   "function_evaluator": make_evaluator is not None}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: merges
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS llm_calls (
     id INTEGER PRIMARY KEY, run TEXT, proposal_id INTEGER, purpose TEXT NOT NULL, model TEXT NOT NULL,
     request_hash TEXT NOT NULL, latency_s REAL NOT NULL, attempts INTEGER NOT NULL, prompt_tokens INTEGER,
     completion_tokens INTEGER, cost_usd REAL, finish_reason TEXT, error TEXT, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS merges (
+    proposal_id INTEGER PRIMARY KEY, run TEXT NOT NULL, parent_a TEXT NOT NULL, parent_b TEXT NOT NULL,
+    base TEXT NOT NULL, conflicts INTEGER NOT NULL DEFAULT 0, resolution TEXT NOT NULL DEFAULT '',
+    contributions TEXT NOT NULL DEFAULT '[]', parent_a_score REAL, parent_b_score REAL, created_at REAL NOT NULL);
 """
 
 
@@ -127,6 +131,22 @@ class ProposalRow:
     updated_at: float
 
 
+@dataclass(frozen=True)
+class MergeRow:
+    """A merge attempt; its outcome (status, reason, scores, child) is on the proposal row with the same id."""
+
+    proposal_id: int
+    run: str
+    parent_a: str  # the merge commit's first parent
+    parent_b: str
+    base: str  # the merge base both diffs are taken against
+    conflicts: int
+    resolution: str  # clean | llm | builtin | failed ("" while in flight)
+    contributions: list[dict[str, Any]]  # per file or hunk: which parent it came from, how a conflict was resolved
+    parent_a_score: float | None  # sums on the validation subsample
+    parent_b_score: float | None
+
+
 class _RunRecords:
     """Run-level records (runs, proposals, LLM calls), kept in the same SQLite file as the evaluations so
     one transaction log holds a run's whole state. Mixed into Store, which provides `_db` and `_lock`."""
@@ -201,6 +221,27 @@ class _RunRecords:
                 d[k] = json.loads(d[k])
             out.append(ProposalRow(**d))
         return out
+
+    def add_merge(self, proposal_id: int, run: str, parent_a: str, parent_b: str, base: str,
+                  parent_a_score: float | None, parent_b_score: float | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO merges (proposal_id, run, parent_a, parent_b, base, parent_a_score, parent_b_score, "
+                "created_at) VALUES (?,?,?,?,?,?,?,?)",
+                (proposal_id, run, parent_a, parent_b, base, parent_a_score, parent_b_score, time.time()))
+
+    def update_merge(self, proposal_id: int, *, conflicts: int, resolution: str,
+                     contributions: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._db.execute("UPDATE merges SET conflicts=?, resolution=?, contributions=? WHERE proposal_id=?",
+                             (conflicts, resolution, json.dumps(contributions), proposal_id))
+
+    def merges(self, run: str) -> list[MergeRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT proposal_id, run, parent_a, parent_b, base, conflicts, resolution, contributions, "
+                "parent_a_score, parent_b_score FROM merges WHERE run=? ORDER BY proposal_id", (run,)).fetchall()
+        return [MergeRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8], r[9]) for r in rows]
 
     def record_llm_call(self, run: str | None, proposal_id: int | None, record: Any) -> None:
         with self._lock:

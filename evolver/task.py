@@ -7,7 +7,8 @@ Every field and its default (README "task.toml reference" documents the same):
             instances = "instances.toml" (optional for pytest: collected); timeout_s = 60; profile = false;
             repeats = 1
 [objectives] name = "max" | "min" ...; default { score = "max" }; "score" is added first when missing
-[evolve]    frontier = "instance" | "objective" | "hybrid" ("instance"); minibatch = 3; accept = "strict" | "ties"
+[evolve]    frontier = "instance" | "objective" | "hybrid" ("instance"); minibatch = 3; accept = "strict" | "ties";
+            merge = true; max_merges = 5
 [sandbox]   backend = "auto" | "docker" | "process" ("auto"); memory_mb = 1024; cpus = 1.0;
             max_processes = 64; output_limit_mb = 64; workers = 0 (auto);
             isolation = "pool" | "strict" ("pool"); recycle_after = 50 (docker: evaluations per container)
@@ -33,7 +34,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "task": {"name": None, "seed": "seed", "mutable": ["**/*.py"], "objective": "", "background": ""},
     "evaluate": {"kind": "python", "evaluator": "evaluate.py", "tests": "tests", "instances": None,
                  "timeout_s": 60.0, "profile": False, "repeats": 1},
-    "evolve": {"frontier": "instance", "minibatch": 3, "accept": "strict"},
+    "evolve": {"frontier": "instance", "minibatch": 3, "accept": "strict", "merge": True, "max_merges": 5},
     "sandbox": {"backend": "auto", "memory_mb": 1024, "cpus": 1.0, "max_processes": 64,
                 "output_limit_mb": 64, "workers": 0, "isolation": "pool", "recycle_after": 50},
 }
@@ -83,6 +84,8 @@ class EvolveConfig:
     frontier: str = "instance"  # instance | objective | hybrid
     minibatch: int = 3
     accept: str = "strict"  # strict | ties
+    merge: bool = True  # merge two frontier candidates now and then
+    max_merges: int = 5  # merge attempts over a run
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,8 @@ def load_task(path: str | Path) -> Task:
     if accept not in ("strict", "ties"):
         raise TaskError(file, "[evolve] accept", '"strict" or "ties"', repr(accept))
     evolve = EvolveConfig(frontier=frontier, minibatch=int(_positive(r, "evolve", "minibatch", int, 1)),
-                          accept=accept)
+                          accept=accept, merge=r.get("evolve", "merge", bool, "true or false"),
+                          max_merges=int(_positive(r, "evolve", "max_merges", int, 0)))
     task = Task(
         root=root.resolve(), name=name, seed_dir=seed_dir, mutable=tuple(mutable), objective=objective,
         background=background, kind=kind, evaluator=evaluator, tests=tests, instances=instances,

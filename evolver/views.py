@@ -85,11 +85,43 @@ def status(run_dir: str | Path) -> dict[str, Any]:
             "elapsed_s": row.elapsed_s, "budget": cfg.get("budget", {}), "model": cfg.get("model", {}).get("model"),
             "llm": view.store.llm_totals(view.name),
             "proposals": dict(Counter(f"{p.status}:{p.reason}" for p in proposals)),
+            "merges": _merge_counts(view, proposals, labels),
             "candidates": table, "frontier": [labels.get(m, m[:10]) for m in frontier.members],
             "best": best["candidate"] if best else None,
         }
     finally:
         view.close()
+
+
+def _merge_counts(view: RunView, proposals: list[ProposalRow], labels: dict) -> dict[str, Any]:
+    """Merge attempts: how many, their outcomes, their resolutions, and each attempt's pair."""
+    by_id = {p.id: p for p in proposals}
+    merges = view.store.merges(view.name)
+    attempts = [{"merge": f"c{m.proposal_id}", "parents": [labels.get(m.parent_a, m.parent_a[:10]),
+                                                          labels.get(m.parent_b, m.parent_b[:10])],
+                 "base": labels.get(m.base, m.base[:10]), "conflicts": m.conflicts, "resolution": m.resolution,
+                 "outcome": f"{by_id[m.proposal_id].status}:{by_id[m.proposal_id].reason}"}
+                for m in merges if m.proposal_id in by_id]
+    return {"attempts": len(attempts), "accepted": sum(a["outcome"] == "accepted:accepted" for a in attempts),
+            "outcomes": dict(Counter(a["outcome"] for a in attempts)),
+            "resolutions": dict(Counter(a["resolution"] for a in attempts)), "pairs": attempts}
+
+
+def _merge_view(view: RunView, p: ProposalRow) -> dict[str, Any] | None:
+    """What each parent of a merged candidate contributed, its conflicts and their resolution."""
+    merge = next((m for m in view.store.merges(view.name) if m.proposal_id == p.id), None)
+    if merge is None:
+        return None
+    labels = {c.sha: (c.branch or c.sha[:10]).rsplit("/", 1)[-1] for c in view.store.candidates(view.name)}
+    a, b = labels.get(merge.parent_a, merge.parent_a[:10]), labels.get(merge.parent_b, merge.parent_b[:10])
+    side = {"a": a, "b": b, "both": f"{a} and {b}"}
+    contributions = [{**c, "from": side.get(c["from"], c["from"]),
+                      **({"resolution": side.get(c["resolution"], c["resolution"])} if "resolution" in c else {})}
+                     for c in merge.contributions]
+    return {"parents": [a, b], "base": labels.get(merge.base, merge.base[:10]), "conflicts": merge.conflicts,
+            "resolution": merge.resolution, "parent_subsample_sums": {a: merge.parent_a_score,
+                                                                      b: merge.parent_b_score},
+            "contributions": contributions}
 
 
 def resolve_candidate(view: RunView, ident: str) -> tuple[str, ProposalRow | None]:
@@ -131,7 +163,8 @@ def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
             "minibatch": {i: r.score for (i, _), r in mini.items()},
             "parent_minibatch_sum": p.parent_score if p else None, "child_minibatch_sum": p.child_score if p else None,
             "val": {i: {"status": r.status, "score": r.score, "objectives": r.objectives} for i, r in per.items()},
-            "diff": diff,
+            "diff": diff, "parents": list(info.parents),
+            "merge": _merge_view(view, p) if p is not None and p.kind == "merge" else None,
         }
     finally:
         view.close()

@@ -100,7 +100,7 @@ def measure(n_stored: int, iterations: int) -> dict:
         name = run_dir.resolve().name
         store.create_run(name, str(task_root), load_task(task_root).digest, {
             "model": ModelConfig(model="openai/bench", api_base=server.api_base).to_json(),
-            "budget": Budget(max_iterations=iterations).to_json(), "loop": LoopConfig(seed=1).to_json(),
+            "budget": Budget(max_iterations=iterations).to_json(), "loop": LoopConfig(seed=1, merge=False).to_json(),
             "lessons": str(run_dir / "lessons.jsonl")})
         excluded: list[float] = []
         marks: list[float] = []

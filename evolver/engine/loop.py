@@ -20,11 +20,13 @@ from ..evaluation import CandidateEvaluator, CandidateRef, InstanceResult, insta
 from ..evidence import condense
 from ..lessons import Lesson, LessonLog, relevant
 from ..proposers.base import Proposal, ProposalContext, Proposer
+from ..proposers.merge import Merger
 from ..repo import RunRepo, candidate_branch
 from ..store import ProposalRow, Store
 from ..task import Task
 from .budget import FAILING_STREAK_WARNING, Budget, Usage, evals_exhausted, stop_reason
 from .frontier import FAILED_STATUSES, CandidateScores, Frontier, build_frontier, scores_from_results
+from .merge_step import NO_MERGE, MergeSteps
 
 # The LLM is down or misconfigured: more iterations would only repeat the same error.
 LLM_ERROR_STREAK_STOP = 3
@@ -38,6 +40,9 @@ class LoopConfig:
     seed: int = 0
     workers: int = 1  # iterations in flight at once (proposals and their evaluations)
     tried_shown: int = 8
+    merge: bool = True  # merge two frontier candidates now and then (GEPA's schedule)
+    max_merges: int = 5  # merge attempts over the run
+    merge_subsample: int = 5  # validation instances a merged candidate is first judged on
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -59,12 +64,13 @@ def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else 0.0
 
 
-class Engine:
+class Engine(MergeSteps):
     def __init__(self, *, task: Task, run: str, repo: RunRepo, store: Store, evaluator: CandidateEvaluator,
                  proposer: Proposer, lessons: LessonLog, budget: Budget, config: LoopConfig,
-                 on_event: Callable[[Event], None] | None = None, usd_spent: Callable[[], float] = lambda: 0.0):
+                 on_event: Callable[[Event], None] | None = None, usd_spent: Callable[[], float] = lambda: 0.0,
+                 merger: Merger | None = None):
         self.task, self.run_name, self.repo, self.store = task, run, repo, store
-        self.evaluator, self.proposer, self.lessons = evaluator, proposer, lessons
+        self.evaluator, self.proposer, self.lessons, self.merger = evaluator, proposer, lessons, merger
         self.budget, self.config, self.on_event, self.usd_spent = budget, config, on_event, usd_spent
         if task.instances is None:
             raise ValueError("an evolution run needs an instances file with train and val splits")
@@ -89,6 +95,7 @@ class Engine:
         self._reserved = 0  # evaluator calls promised to batches in flight, so parallel batches never overshoot
         self._stopping: str | None = None
         self._error: BaseException | None = None
+        self._init_merges()
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _ref(self, sha: str) -> CandidateRef:
@@ -236,6 +243,9 @@ class Engine:
 
     def iterate(self, it: int) -> str | None:
         """Iteration `it`; returns a stop reason when the budget ran out mid-way."""
+        merged = self._try_merge(it)
+        if merged != NO_MERGE:
+            return merged
         rng = random.Random(f"{self.config.seed}:{it}")
         with self._lock:
             parent = self.frontier().select(rng)
@@ -267,6 +277,8 @@ class Engine:
         self._trees[child] = tree
         self.repo.set_branch(branch, child)
         self.store.record_candidate(self.run_name, child, tree, branch, (parent,), self.proposer.name)
+        with self._lock:
+            self._parents[child] = (parent,)
         self.store.update_proposal(pid, child_sha=child, branch=branch, diagnosis=proposal.diagnosis,
                                    change=proposal.change, files=sorted(proposal.changes),
                                    failure_kinds=sorted({r.status for r in parent_results if not r.ok}))
@@ -275,6 +287,8 @@ class Engine:
 
     def _finish_pending(self, p: ProposalRow) -> None:
         """A proposal interrupted by a kill: judge its committed child, or record that it never got one."""
+        if p.kind == "merge":
+            return self._finish_merge(p)
         if p.child_sha is None:
             self.store.update_proposal(p.id, status="failed", reason="interrupted",
                                        detail="the run stopped before the child was committed")
@@ -310,18 +324,20 @@ class Engine:
             return self._accept(p, val_results, child_sum, parent_sum)
 
     def _accept(self, p: ProposalRow, val_results: Sequence[InstanceResult], child_sum: float,
-                parent_sum: float) -> None:
+                parent_sum: float, label: str = "minibatch") -> None:
         assert p.child_sha is not None
         before = self.best_objectives() or {}
         val_score = self._record_val(p.child_sha, val_results)
         self.store.update_proposal(p.id, status="accepted", reason="accepted", child_score=child_sum,
-                                   val_score=val_score, detail=f"minibatch sum {child_sum:.4g} vs {parent_sum:.4g}")
+                                   val_score=val_score, detail=f"{label} sum {child_sum:.4g} vs {parent_sum:.4g}")
         self._lesson(p, "accepted", "accepted", child_sum - parent_sum)
         improved = (before.get("score") is None) or val_score > (before.get("score") or float("-inf"))
         self.usage = replace(self.usage, best_score=max(val_score, self.usage.best_score or float("-inf")),
                              since_improvement=0 if improved else self.usage.since_improvement + 1)
         self.failing_streak = 0
-        self._emit("iteration", f"c{p.id} accepted: minibatch {child_sum:.4g} > {parent_sum:.4g}, val {val_score:.4g}")
+        if p.kind != "merge":  # each accepted mutation schedules one merge attempt
+            self._accepted_mutations += 1
+        self._emit("iteration", f"c{p.id} accepted: {label} {child_sum:.4g} vs {parent_sum:.4g}, val {val_score:.4g}")
         return None
 
     def _fail(self, pid: int, parent: str, it: int, proposal: Proposal, parent_results) -> None:
@@ -333,6 +349,11 @@ class Engine:
         self._lesson(row, "failed", proposal.failure or "failed", None)
         self._count_failure(proposal.failure or "failed")
         self._emit("iteration", f"proposal {pid} failed ({proposal.failure}): {proposal.detail[:100]}")
+
+    def _no_improvement(self) -> None:
+        """A merge that produced nothing better: patience counts it, the failing-proposals warning does not."""
+        with self._lock:
+            self.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
 
     def _count_failure(self, reason: str) -> None:
         with self._lock:
@@ -361,7 +382,7 @@ class Engine:
         kinds = {r.status for r in results if not r.ok}
         tried = [f"{p.reason}: {p.change or p.detail}".strip()[:300]
                  for p in self.store.proposals(self.run_name, parent_sha=parent)
-                 if p.status in ("rejected", "failed")][-self.config.tried_shown:]
+                 if p.status in ("rejected", "failed") and p.kind != "merge"][-self.config.tried_shown:]
         return ProposalContext(
             task=self.task, parent_sha=parent, parent_files=files, results=results,
             evidence=condense(results), lessons=relevant(self.lessons.load(self.task.name), files, kinds),
