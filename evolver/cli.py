@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     from .sandbox_cli import add_parser as add_sandbox_parser
 
     add_sandbox_parser(sub)
+
+    from .init_task import add_parser as add_init_parser
+
+    add_init_parser(sub)
     return p
 
 
@@ -185,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import sandbox_cli
 
             return sandbox_cli.dispatch(args)
+        if args.command == "init":
+            from . import init_task
+
+            return init_task.dispatch(args)
         from . import run_cli
 
         return run_cli.dispatch(args)

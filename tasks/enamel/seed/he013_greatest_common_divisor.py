@@ -1,0 +1,14 @@
+
+
+def greatest_common_divisor(a: int, b: int) -> int:
+    """ Return a greatest common divisor of two integers a and b
+    >>> greatest_common_divisor(3, 5)
+    1
+    >>> greatest_common_divisor(25, 15)
+    5
+    """
+
+
+    def query_gcd(a: int, b: int) -> int:
+        return a if b == 0 else query_gcd(b, a % b)
+    return query_gcd(a, b)

@@ -1,0 +1,1 @@
+"""A small library with a slow function: the example repository of `evolver init --pytest`."""
