@@ -424,3 +424,31 @@ def test_hostile_text_is_replaced_not_fatal(make_task, run_eval, assert_clean_ne
     assert code == 0
     assert "\x1b" not in out and "\\x1b" in out
     assert_clean_next(task, GOOD)
+
+
+# -- the docker suite's remaining attacks, where they apply to the process backend ---------------------------------
+@needs_root
+@pytest.mark.parametrize("body", [
+    # zombies: children that exit and are never waited for
+    "import os\nfor _ in range(20):\n    if os.fork() == 0:\n        os._exit(0)",
+    # the harness (its parent) and everything else it may signal
+    "import os, signal\nfor pid in (os.getppid(), -1):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
+    "    except OSError:\n        pass",
+], ids=["zombies", "kill-the-harness"])
+def test_zombies_and_signals_leave_the_batch_intact(make_task, run_eval, assert_clean_next, body: str) -> None:
+    task = make_task(sol=faulty(body), train=BATCH)
+    results = run_eval(task)
+    assert_good(results)
+    assert results["i7"].status == "ok", (results["i7"].status, results["i7"].feedback)
+    assert_clean_next(task, GOOD)
+
+
+def test_a_five_gigabyte_file_stops_at_the_size_limit(make_task, run_eval, assert_clean_next) -> None:
+    body = ("chunk = b'x' * (1 << 20)\nwith open('big.bin', 'wb') as fh:\n    for _ in range(5 * 1024):\n"
+            "        fh.write(chunk)")
+    task = make_task(sol=faulty(body), train=BATCH, output_limit_mb=4)
+    results = run_eval(task)
+    assert_good(results)
+    r = results["i7"]
+    assert r.status == "output_limit" and r.score == 0.0, (r.status, r.feedback)
+    assert_clean_next(task, GOOD)

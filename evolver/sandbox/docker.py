@@ -20,7 +20,7 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from .docker_host import (
     OomCounter,
     sweep_stale,
 )
-from .process import _compile_harness, _slot_uid
+from .process import compile_harness, slot_uid
 from .workdir import fill_workdir
 
 HARNESS_MOUNT = "/opt/evolver/evolver_harness"
@@ -114,7 +114,6 @@ class _Container:
     oom: OomCounter
     evaluations: int = 0
     healthy: bool = True
-    busy_since: float = field(default=0.0)
 
     @property
     def socket_path(self) -> Path:
@@ -134,7 +133,7 @@ class DockerSandbox:
         self.recycle_after = max(1, recycle_after)
         self.run_label = re.sub(r"[^A-Za-z0-9_.]", "_", run_label)[:40] or "eval"
         self.harness_dir = harness_package_dir()
-        _compile_harness(self.harness_dir)  # bind-mounted read-only: its .pyc must exist beforehand
+        compile_harness(self.harness_dir)  # bind-mounted read-only: its .pyc must exist beforehand
         sweep_stale(client)
         self._lock = threading.Lock()
         self._idle: list[_Container] = []
@@ -195,7 +194,7 @@ class DockerSandbox:
             command = [PYTHON, "-I", "-S", "-B", f"{HARNESS_MOUNT}/run_container.py", "serve",
                        f"{TRUSTED_MOUNT}/ctl"]
             container = self._create(limits, command, mount)
-            box = _Container(container, mount, _slot_uid(slot), slot, limits, OomCounter(None))
+            box = _Container(container, mount, slot_uid(slot), slot, limits, OomCounter(None))
             with self._lock:
                 self._live[id(box)] = box
             container.start()
@@ -359,7 +358,7 @@ class DockerSandbox:
         mount = _Mounts.create(f"{os.getpid()}-{self.run_label}-s{slot}", job.limits)
         container = None
         try:
-            uid = _slot_uid(slot)
+            uid = slot_uid(slot)
             ctl = mount.trusted.path / "ctl"
             nonce = secrets.token_hex(16)
             request, eval_dir = self._request(job, mount, "0", uid, nonce)

@@ -135,11 +135,11 @@ UID_BASE = 200_000
 UID_SLOTS = 64
 
 
-def _slot_uid(slot: int) -> int:
+def slot_uid(slot: int) -> int:
     return UID_BASE + (os.getpid() % 10_000) * UID_SLOTS + slot
 
 
-def _compile_harness(harness_dir: Path) -> None:
+def compile_harness(harness_dir: Path) -> None:
     """Byte-compile the harness once: sandbox processes run with -B (they never write .pyc files), and
     compiling its modules from source at every start cost ~10 ms per evaluation. A no-op when up to date;
     a read-only installation already ships its .pyc files."""
@@ -157,7 +157,7 @@ class ProcessSandbox:
 
     def __init__(self, base_dir: str | None = None) -> None:
         self.harness_dir = harness_package_dir()
-        _compile_harness(self.harness_dir)
+        compile_harness(self.harness_dir)
         self.uid, self.gid, self.child_python, self.identity_note = _child_identity()
         self.base_dir = base_dir or tempfile.gettempdir()
         if self.uid is not None and not _traversable_by_others(self.base_dir):
@@ -195,7 +195,7 @@ class ProcessSandbox:
             if not self._free_slots:
                 raise RuntimeError(f"more than {UID_SLOTS} concurrent process sandboxes")
             slot = self._free_slots.pop()
-        uid = _slot_uid(slot)
+        uid = slot_uid(slot)
         return slot, uid, uid
 
     def _release(self, slot: int | None) -> None:
