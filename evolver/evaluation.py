@@ -148,13 +148,15 @@ class Evaluator:
         self.limits = limits_for(task)
         # Walked once: every batch of every candidate ships the same task files.
         self.task_files = tuple(task.task_files())
+        self.private_files = frozenset(task.private_files())
         self.cache_key = cache_key(task)
 
     def _job(self, archive: bytes, instances: tuple[str, ...], mode: str | None = None) -> SandboxJob:
         return SandboxJob(
             mode=mode or self.task.kind, archive=archive, task_root=self.task.root,
             task_files=self.task_files, instances=instances, evaluator=self.task.evaluator,
-            tests=self.task.tests, profile=self.task.profile, limits=self.limits)
+            tests=self.task.tests, profile=self.task.profile, limits=self.limits,
+            private_files=self.private_files)
 
     def close(self) -> None:
         self.sandbox.close()

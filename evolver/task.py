@@ -5,7 +5,7 @@ Every field and its default (README "task.toml reference" documents the same):
 [task]      name = <folder name>; seed = "seed"; mutable = ["**/*.py"]; objective = ""; background = ""
 [evaluate]  kind = "python" | "pytest" ("python"); evaluator = "evaluate.py"; tests = "tests";
             instances = "instances.toml" (optional for pytest: collected); timeout_s = 60; profile = false;
-            repeats = 1
+            repeats = 1; private = [] (globs of task files only the trusted harness may read)
 [objectives] name = "max" | "min" ...; default { score = "max" }; "score" is added first when missing
 [evolve]    frontier = "instance" | "objective" | "hybrid" ("instance"); minibatch = 3; accept = "strict" | "ties";
             merge = true; max_merges = 5
@@ -33,7 +33,7 @@ _IGNORED_PARTS = {"__pycache__", ".git", ".pytest_cache", ".ruff_cache", ".mypy_
 _SCHEMA: dict[str, dict[str, Any]] = {
     "task": {"name": None, "seed": "seed", "mutable": ["**/*.py"], "objective": "", "background": ""},
     "evaluate": {"kind": "python", "evaluator": "evaluate.py", "tests": "tests", "instances": None,
-                 "timeout_s": 60.0, "profile": False, "repeats": 1},
+                 "timeout_s": 60.0, "profile": False, "repeats": 1, "private": []},
     "evolve": {"frontier": "instance", "minibatch": 3, "accept": "strict", "merge": True, "max_merges": 5},
     "sandbox": {"backend": "auto", "memory_mb": 1024, "cpus": 1.0, "max_processes": 64,
                 "output_limit_mb": 64, "workers": 0, "isolation": "pool", "recycle_after": 50},
@@ -107,6 +107,7 @@ class Task:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
     digest: str = ""
+    private: tuple[str, ...] = ()  # task files the untrusted child may not read (answers, future data)
 
     def is_mutable(self, rel_path: str) -> bool:
         """Whether the proposer may edit this candidate file (path relative to the candidate root)."""
@@ -119,6 +120,11 @@ class Task:
     def task_files(self) -> list[Path]:
         """Files of the task folder that the sandbox gets (everything but the seed and caches)."""
         return _task_files(self.root, self.seed_dir)
+
+    def private_files(self) -> list[Path]:
+        """The task files matching [evaluate] private."""
+        return [p for p in self.task_files()
+                if any(glob_match(p.relative_to(self.root).as_posix(), g) for g in self.private)]
 
 
 @lru_cache(maxsize=256)
@@ -304,6 +310,9 @@ def load_task(path: str | Path) -> Task:
     timeout_s = float(_positive(r, "evaluate", "timeout_s", (int, float), 0.01))
     profile = r.get("evaluate", "profile", bool, "true or false")
     repeats = int(_positive(r, "evaluate", "repeats", int, 1))
+    private = r.get("evaluate", "private", list, "a list of glob strings")
+    if not all(isinstance(g, str) and g for g in private):
+        raise TaskError(file, "[evaluate] private", "a list of glob strings", _found(private))
 
     raw_obj = r.table("objectives") if "objectives" in data else {"score": "max"}
     objectives: dict[str, str] = {}
@@ -342,6 +351,7 @@ def load_task(path: str | Path) -> Task:
         root=root.resolve(), name=name, seed_dir=seed_dir, mutable=tuple(mutable), objective=objective,
         background=background, kind=kind, evaluator=evaluator, tests=tests, instances=instances,
         timeout_s=timeout_s, profile=profile, repeats=repeats, objectives=objectives, sandbox=sandbox,
+        private=tuple(private),
         evolve=evolve,
     )
     files = _task_files(task.root, seed_dir)

@@ -443,3 +443,23 @@ def test_pytest_mode_in_the_pool_matches_the_process_backend(pool, tmp_path) -> 
     assert docker_res["test_sol.py::test_bad"]["status"] == "failed"
     assert "assert -1 == 14" in docker_res["test_sol.py::test_bad"]["feedback"]
     assert docker_res["test_sol.py::test_good"]["status"] == "ok"
+
+
+def test_private_task_files_are_unreadable_to_the_candidate(pool, tmp_path) -> None:
+    import dataclasses
+
+    body = """
+    import os, sys
+    path = os.path.join(os.path.dirname(sys.modules["task_evaluator"].__file__), "answers.txt")
+    try:
+        return open(path).read()
+    except OSError as exc:
+        return "denied " + type(exc).__name__
+    """
+    job = make_job(tmp_path, faulty(body), evaluate=PROBE_EVALUATE)
+    (job.task_root / "answers.txt").write_text("i7 -> 14\n")
+    job = dataclasses.replace(job, task_files=(*job.task_files, job.task_root / "answers.txt"),
+                              private_files=frozenset({job.task_root / "answers.txt"}))
+    res = results_of(pool.run(job))
+    assert probe(res["i7"]) == "denied PermissionError"
+    assert res["i1"]["status"] == "ok"

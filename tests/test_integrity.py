@@ -401,3 +401,47 @@ def test_the_nonce_stays_secret(make_task, run_eval, assert_clean_next, monkeypa
         assert access[f"ancestor0/{what}"] == "denied", (what, access)
         assert access[f"ancestor1/{what}"] == "denied", (what, access)  # the host (this pytest process)
     assert_clean_next(task, GOOD)
+
+
+# -- private task files: the trusted half reads them, the candidate cannot -------------------------------------------
+PRIVATE_EVALUATE = '''
+import json, os
+from evolver_harness import report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+def prepare(instance):
+    with open(os.path.join(HERE, "answers.txt")) as fh:  # trusted side: readable
+        return {"x": int(instance[1:]), "answers_seen_by_prepare": len(fh.read())}
+
+def produce(inputs):
+    import sol
+    return sol.f(inputs["x"])
+
+def judge(instance, inputs, output, usage):
+    if inputs["x"] == 7:
+        return report(instance, 0.0, feedback="SAW " + json.dumps(output))
+    ok = output == inputs["x"] * 2 and inputs["answers_seen_by_prepare"] > 0
+    return report(instance, 1.0 if ok else 0.0)
+'''
+
+READ_ANSWERS = '''
+import os, sys
+task_dir = os.path.dirname(sys.modules["task_evaluator"].__file__)
+try:
+    with open(os.path.join(task_dir, "answers.txt")) as fh:
+        return {"answers": fh.read()}
+except OSError as exc:
+    return {"answers": "denied " + type(exc).__name__}
+'''
+
+
+@needs_root
+def test_private_task_files_are_unreadable_to_the_candidate(make_task, run_eval) -> None:
+    task = make_task(sol=cheat(READ_ANSWERS), evaluate_py=PRIVATE_EVALUATE, train=BATCH)
+    (task / "answers.txt").write_text("i7 -> 14\n")
+    toml = (task / "task.toml").read_text().replace("[evaluate]\n", '[evaluate]\nprivate = ["answers.txt"]\n')
+    (task / "task.toml").write_text(toml)
+    results = run_eval(task)
+    assert_good(results)
+    assert saw(results["i7"]) == {"answers": "denied PermissionError"}

@@ -47,6 +47,7 @@ class SandboxJob:
     tests: str = "tests"
     profile: bool = False
     limits: SandboxLimits = field(default_factory=SandboxLimits)
+    private_files: frozenset[Path] = frozenset()  # of task_files: readable by the trusted harness only
 
     def harness_timeout_s(self) -> float:
         n = max(1, len(self.instances))

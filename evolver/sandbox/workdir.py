@@ -36,10 +36,13 @@ def fill_workdir(root: Path, job: SandboxJob, uid: int | None, gid: int | None,
         dst = task / src.relative_to(job.task_root)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
+    private = {task / src.relative_to(job.task_root) for src in job.private_files}
     for dirpath, _dirnames, filenames in os.walk(task):
         os.chmod(dirpath, 0o755)
         for f in filenames:
-            os.chmod(os.path.join(dirpath, f), 0o644)
+            path = os.path.join(dirpath, f)
+            # Private files: the harness (their owner) reads them; a candidate running as its own uid cannot.
+            os.chmod(path, 0o600 if Path(path) in private else 0o644)
     scratch.mkdir(mode=0o700)
     if uid is not None and gid is not None:
         _chown_tree(candidate, uid, gid)
