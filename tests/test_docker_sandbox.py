@@ -463,3 +463,21 @@ def test_private_task_files_are_unreadable_to_the_candidate(pool, tmp_path) -> N
     res = results_of(pool.run(job))
     assert probe(res["i7"]) == "denied PermissionError"
     assert res["i1"]["status"] == "ok"
+
+
+def test_the_trusted_side_reads_candidate_files_as_text_on_both_backends(pool, tmp_path) -> None:
+    evaluate = '''
+import os
+from evolver_harness import candidate_dir, report
+SNAPSHOT = open(os.path.join(candidate_dir(), "sol.py")).read()  # at load time: before any candidate runs
+
+def produce(inputs):
+    return 1
+
+def judge(instance, inputs, output, usage):
+    return report(instance, 1.0, feedback=SNAPSHOT, size=len(SNAPSHOT))
+'''
+    job = make_job(tmp_path, GOOD_SOL, evaluate=evaluate, instances=("i1",))
+    for sandbox in (pool, ProcessSandbox()):
+        res = results_of(sandbox.run(job))["i1"]
+        assert res["feedback"].strip() == GOOD_SOL.strip() and res["objectives"]["size"] > 0, (sandbox.name, res)

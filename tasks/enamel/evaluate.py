@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from evolver_harness import report
+from evolver_harness import candidate_dir, report
 
 TASK_DIR = Path(__file__).resolve().parent
 DATA_FILE = TASK_DIR / "data" / "problems.json.gz"
@@ -115,8 +115,8 @@ def code_tokens(source: str) -> int:
 # Read once when the harness loads this evaluator, before any candidate process runs: the candidate may
 # rewrite its own files while it runs, so later reads could not be trusted.
 _SOURCE_SNAPSHOT: dict[str, str] = {}
-if (TASK_DIR.parent / "candidate").is_dir() and __name__ != "__main__":
-    for _path in (TASK_DIR.parent / "candidate").glob("he*.py"):
+if candidate_dir() and __name__ != "__main__":
+    for _path in Path(candidate_dir()).glob("he*.py"):
         with contextlib.suppress(OSError):
             _SOURCE_SNAPSHOT[_path.stem] = _path.read_text(encoding="utf-8", errors="replace")
 

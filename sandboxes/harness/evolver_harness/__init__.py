@@ -4,6 +4,6 @@ Standard library (and pytest, in pytest mode) only: this package must never impo
 sandbox image needs nothing of the host but these files.
 """
 
-from .reporting import report
+from .reporting import candidate_dir, report
 
-__all__ = ["report"]
+__all__ = ["candidate_dir", "report"]

@@ -42,3 +42,13 @@ def report(
         "nonfinite": bad,
         "artifacts": artifacts or {},
     }
+
+
+_candidate_dir = ""
+
+
+def candidate_dir() -> str:
+    """In the trusted harness: the folder of the candidate under evaluation, to read its files as text (e.g. to
+    measure code size). Never import from it here; candidate code runs only in the untrusted child. Set before
+    the evaluator module is loaded, so a snapshot taken at import time precedes any candidate process."""
+    return _candidate_dir

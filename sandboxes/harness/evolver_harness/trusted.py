@@ -13,6 +13,7 @@ import os
 import sys
 import time
 
+from . import reporting
 from .modules import load_file_module
 from .spawn import ChildIdentity, ChildLimits, ChildRun, harden_self, kill_leftovers, run_child
 from .tracebacks import relabel
@@ -191,6 +192,7 @@ class Harness:
         evaluator_path = os.path.join(self.req["task_dir"], self.req["evaluator"])
         # The trusted process sees the task's helpers, never the candidate's files.
         sys.path.insert(0, self.req["task_dir"])
+        reporting._candidate_dir = self.req["candidate_dir"]
         evaluator = _load_evaluator(evaluator_path)
         results = []
         for instance in self.req["instances"]:
