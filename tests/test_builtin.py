@@ -1,4 +1,5 @@
-"""The builtin (LLM-free) proposer: every mutation kind, determinism, evidence focus, noop, the jobshop seed."""
+"""The builtin (LLM-free) proposer: every mutation kind, determinism, evidence focus, noop, memory of outcomes,
+the jobshop seed."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from evolver.evaluation import InstanceResult
+from evolver.lessons import Lesson, relevant
 from evolver.proposers.base import ProposalContext
-from evolver.proposers.builtin import BuiltinProposer, mutate_source, read_evidence
+from evolver.proposers.builtin import BuiltinProposer, Preferences, mutate_source, read_evidence, read_preferences
 from evolver.task import Task, load_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,9 +69,18 @@ def task() -> Task:
 
 
 def _ctx(task: Task, files: dict[str, str], results: list[InstanceResult] | None = None,
-         tried: tuple[str, ...] = ()) -> ProposalContext:
+         tried: tuple[str, ...] = (), lessons: str = "") -> ProposalContext:
     return ProposalContext(task=task, parent_sha="0" * 40, parent_files=files, results=results or [],
-                           evidence="", lessons="", tried=tried)
+                           evidence="", lessons=lessons, tried=tried)
+
+
+def _lessons(*outcomes: tuple[str, str, str]) -> str:
+    """The lessons text the engine hands a proposer, for (outcome, reason, change) triples, oldest first."""
+    log = [Lesson(task="t", run="r", iteration=i, parent="p", child="c", files=("f.py",), failure_kinds=(),
+                  diagnosis="no failing instances; exploring", change=change, outcome=outcome, reason=reason,
+                  delta=0.01 if outcome == "accepted" else -0.01)
+           for i, (outcome, reason, change) in enumerate(outcomes)]
+    return relevant(log, ["f.py"], [])
 
 
 def _r(status: str, feedback: str = "", profile: tuple = ()) -> InstanceResult:
@@ -192,3 +203,64 @@ def test_jobshop_seed_mutants_parse_and_run(task: Task) -> None:
     assert other_feature >= 50, other_feature
     assert len(changes) >= 40  # a real variety of mutants, not the same one again
     assert any(c.startswith("replace duration with ") and c.endswith("in priority (line 39)") for c in changes)
+
+
+def test_tried_changes_are_avoided_as_the_engine_lists_them(task: Task) -> None:
+    # The engine lists what was tried as "reason: change"; the change itself must not come back.
+    src = "def f(a, b):\n    return a\n"
+    first = BuiltinProposer().propose(_ctx(task, {"f.py": src}), random.Random(3))
+    again = BuiltinProposer().propose(_ctx(task, {"f.py": src}, tried=(f"worse: {first.change}",)), random.Random(3))
+    assert first.ok and again.ok and again.change != first.change
+
+
+def test_read_preferences_counts_this_proposers_outcomes() -> None:
+    text = _lessons(
+        ("accepted", "accepted", "perturb constant 0.5 -> 0.7 in f (line 2)"),
+        ("rejected", "worse", "perturb constant 0.7 -> 0.4 in f (line 2)"),
+        ("accepted", "accepted", "f.py: combine a -> a - 0.5 * b in f (line 2)"),
+        ("rejected", "crashed", "combine a -> a / b in f (line 2)"),
+        ("rejected", "crashed", "combine a -> a * c ** -0.5 in f (line 2)"),
+        ("rejected", "crashed", "combine a -> a + 2 * d in f (line 2)"),  # crashed, but not as a divisor
+        ("failed", "duplicate", "replace a with b in f (line 2)"),  # never evaluated: not counted
+        ("rejected", "worse", "Use the ratio of a to b instead"),  # not a change of this proposer
+    )
+    prefs = read_preferences(text)
+    assert prefs.wins == {"perturb": 1, "combine": 1}
+    assert prefs.losses == {"perturb": 1, "combine": 3}
+    assert prefs.bad_divisors == {"b", "c"}
+    assert read_preferences("") == Preferences()
+
+
+def test_the_bandit_prefers_kinds_that_were_accepted(task: Task) -> None:
+    history = [("accepted", "accepted", f"perturb constant 2 -> {3 + i} in score (line 10)") for i in range(6)]
+    history += [("rejected", "worse", f"replace b with a in score (line {11 + i})") for i in range(6)]
+    kinds = {}
+    for label, lessons in (("none", ""), ("history", _lessons(*history))):
+        ctx = _ctx(task, {"rich.py": RICH}, lessons=lessons)
+        descs = [BuiltinProposer().propose(ctx, random.Random(seed)).change for seed in range(300)]
+        kinds[label] = Counter(next(iter(_labels(d))) for d in descs if " in score " in d)  # LIMIT: perturb only
+    # Uniform over the six kinds without history; perturb is drawn most once it kept being accepted, and
+    # replace, which kept losing, less than before.
+    assert kinds["history"]["perturb"] >= 2 * kinds["none"]["perturb"], kinds
+    assert kinds["history"]["perturb"] == max(kinds["history"].values()), kinds
+    assert kinds["history"]["replace"] < kinds["none"]["replace"], kinds
+    # Deterministic for a seed, history included.
+    ctx = _ctx(task, {"rich.py": RICH}, lessons=_lessons(*history))
+    assert BuiltinProposer().propose(ctx, random.Random(5)) == BuiltinProposer().propose(ctx, random.Random(5))
+
+
+def test_combine_forms_and_names_that_crashed_as_divisors() -> None:
+    src = "def f(a, b):\n    return a\n"
+    forms: Counter[str] = Counter()
+    for seed in range(300):
+        got = mutate_source(src, random.Random(seed))
+        assert got is not None
+        ast.parse(got[0])
+        if got[1].startswith("combine"):
+            forms.update(f for f in (" + ", " - ", " * ", " / ", " ** ") if f in got[1].split("->")[1])
+    assert all(forms[f] >= 5 for f in (" + ", " - ", " * ", " / ", " ** ")), forms
+    shunned = Preferences(bad_divisors=frozenset({"b"}))
+    for seed in range(300):
+        got = mutate_source(src, random.Random(seed), prefs=shunned)
+        assert got is not None
+        assert "/ b" not in got[0] and "b ** -" not in got[0], got[1]

@@ -235,7 +235,7 @@ def test_no_merge_flag_and_task_toml(tmp_path: Path) -> None:
 # -- the LLM-free proposer's merges --------------------------------------------------------------------------
 def test_builtin_run_merges_only_eligible_pairs_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    start_run(JOBSHOP, ModelConfig(model="builtin"), Budget(max_evals=150), run_dir=run_dir,
+    start_run(JOBSHOP, ModelConfig(model="builtin"), Budget(max_evals=200), run_dir=run_dir,
               loop=LoopConfig(max_merges=50))
     repo = RunRepo.open_or_init(run_dir / "repo")
     merges = Store(run_dir / "run.db").merges("run")
