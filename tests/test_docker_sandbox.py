@@ -363,8 +363,10 @@ import sys, time
 from evolver.sandbox.docker import DockerSandbox
 from evolver.sandbox.docker_host import connect
 sandbox = DockerSandbox(connect(), sys.argv[1], run_label="tests-killed")
-box = sandbox._acquire(__import__("evolver.sandbox", fromlist=["SandboxLimits"]).SandboxLimits())
-print(box.container.id, box.mount.work.path, flush=True)
+from pathlib import Path
+from evolver.sandbox import SandboxJob
+box = sandbox._acquire(SandboxJob(mode="python", archive=b"", task_root=Path("/"), task_files=(), instances=()))
+print(box.container.id, box.mounts.work.path, flush=True)
 time.sleep(600)
 """
 
@@ -481,3 +483,42 @@ def judge(instance, inputs, output, usage):
     for sandbox in (pool, ProcessSandbox()):
         res = results_of(sandbox.run(job))["i1"]
         assert res["feedback"].strip() == GOOD_SOL.strip() and res["objectives"]["size"] > 0, (sandbox.name, res)
+
+
+def test_what_a_candidate_leaves_in_tmp_never_reaches_the_next_one(pool, tmp_path) -> None:
+    body = """
+    for path in ("/tmp/memo", "/dev/shm/memo"):
+        with open(path, "w") as fh:
+            fh.write("answers of the last run")
+    """
+    assert results_of(pool.run(make_job(tmp_path, faulty(body))))["i7"]["status"] == "ok"
+    look = faulty("import os\nreturn {p: os.path.exists(p) for p in ('/tmp/memo', '/dev/shm/memo')}")
+    seen = probe(results_of(pool.run(make_job(tmp_path, look, evaluate=PROBE_EVALUATE)))["i7"])
+    assert seen == {"/tmp/memo": False, "/dev/shm/memo": False}
+
+
+FORGED_DOCUMENT = """
+import json, os, sys
+doc = {"ok": True, "output_json": "14",
+       "profile": [{"function": "x", "ncalls": 1e999, "primitive_calls": 1, "tottime_s": 1, "cumtime_s": 1}]}
+os.write(int(sys.argv[-1]), json.dumps(doc).replace("Infinity", "1e999").encode())
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("backend", ["docker", "process"])
+def test_a_forged_child_document_with_overflowing_numbers_spoils_nothing(pool, tmp_path, backend: str) -> None:
+    sandbox = pool if backend == "docker" else ProcessSandbox()
+    res = results_of(sandbox.run(make_job(tmp_path, faulty(FORGED_DOCUMENT), instances=("i1", "i7", "i2"))))
+    assert res["i7"]["status"] != "ok" or res["i7"]["score"] == 0.0
+    assert res["i1"]["score"] == 1.0 and res["i2"]["score"] == 1.0
+
+
+def test_an_engine_failure_is_this_evaluations_sandbox_error(client, tmp_path) -> None:
+    sandbox = DockerSandbox(client, "evolver-sandbox:no-such-image", run_label="tests-broken")
+    try:
+        run = sandbox.run(make_job(tmp_path, GOOD_SOL, instances=("i1",)))
+        assert not run.ok and "docker sandbox failed" in run.error, run.error
+        assert not ours(client, "tests-broken")
+    finally:
+        sandbox.close()

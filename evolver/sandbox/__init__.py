@@ -14,6 +14,9 @@ from .process import ProcessSandbox
 __all__ = ["ProcessSandbox", "Sandbox", "SandboxJob", "SandboxLimits", "SandboxRun", "make_sandbox",
            "resolve_backend", "task_sandbox"]
 
+# The docker backend mounts a size-capped tmpfs per container and hands the candidate's folder to a uid of its
+# own: both need root on the host (or the containers' root could not reach the folders without privileges).
+NOT_ROOT = "the docker backend needs evolver to run as root (it mounts tmpfs folders and sets their owners)"
 BACKEND_ENV = "EVOLVER_BACKEND"  # overrides `auto` (process or docker), e.g. for a machine without Docker
 
 
@@ -26,6 +29,8 @@ def resolve_backend(backend: str) -> tuple[str, str]:
     forced = os.environ.get(BACKEND_ENV, "")
     if forced in ("docker", "process"):
         return forced, f"{BACKEND_ENV}={forced}"
+    if os.geteuid() != 0:
+        return "process", NOT_ROOT
     from .docker_host import connect
     from .images import base_tag, image_exists
 
@@ -52,6 +57,9 @@ def make_sandbox(backend: str, *, task_root: Path | None = None, isolation: str 
     from .docker_host import connect
     from .images import build_base_image, task_image
 
+    if os.geteuid() != 0:
+        raise UserInputError(f"[sandbox] backend = \"docker\": {NOT_ROOT}; run evolver as root or use the "
+                             "process backend")
     client = connect()
     if client is None:
         raise UserInputError(f"[sandbox] backend = \"docker\": {UNAVAILABLE}")

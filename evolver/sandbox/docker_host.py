@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -64,17 +65,20 @@ class HostMount:
 
     @classmethod
     def create(cls, name: str, size_mb: int) -> HostMount:
+        """`name` must be unique on this machine (it carries the owner's pid for the sweeper)."""
         if os.geteuid() == 0:
             MOUNT_BASE.mkdir(mode=0o700, parents=True, exist_ok=True)
             path = MOUNT_BASE / f"{MOUNT_PREFIX}{name}"
-            path.mkdir(mode=0o755, exist_ok=True)
+            path.mkdir(mode=0o755)  # never mount over another sandbox's folder
             done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755,nosuid,nodev",
                                    "evolver-sandbox", str(path)], capture_output=True, text=True)
             if done.returncode == 0:
                 return cls(path, True)
             path.rmdir()
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        return cls(Path(tempfile.mkdtemp(prefix=f"{MOUNT_PREFIX}{name}-", dir=base)), False)
+        path = Path(tempfile.mkdtemp(prefix=f"{MOUNT_PREFIX}{name}-", dir=base))
+        path.chmod(0o755)  # the candidate's uid must traverse it
+        return cls(path, False)
 
     def remove(self) -> None:
         if self.mounted:
@@ -172,3 +176,34 @@ def _stale_mounts() -> list[Path]:
             if not _alive(_owner_pid(path.name)):
                 stale.append(path)
     return stale
+
+
+@dataclass(frozen=True)
+class ContainerMounts:
+    """Two host tmpfs folders per container: `work` (the candidate's folder and scratch: it may fill it) and
+    `trusted` (control socket, task files, results, logs: it cannot write there at all), so a candidate that
+    fills its disk cannot starve the harness."""
+
+    trusted: HostMount
+    work: HostMount
+
+    @classmethod
+    def create(cls, owner: str, trusted_mb: int, work_mb: int) -> ContainerMounts:
+        name = f"{os.getpid()}-{owner}-{secrets.token_hex(4)}"
+        trusted = HostMount.create(f"{name}-t", trusted_mb)
+        try:
+            work = HostMount.create(f"{name}-w", work_mb)
+            (trusted.path / "ctl").mkdir(mode=0o700)
+            (trusted.path / "evals").mkdir(mode=0o755)
+        except BaseException:
+            trusted.remove()
+            raise
+        return cls(trusted, work)
+
+    @property
+    def capped(self) -> bool:
+        return self.trusted.mounted and self.work.mounted
+
+    def remove(self) -> None:
+        self.trusted.remove()
+        self.work.remove()

@@ -23,11 +23,6 @@ import time
 from . import child, spawn, trusted
 from .spawn import harden_self
 
-try:  # the point of the warm pool for pytest tasks: forked children find it imported
-    import pytest  # noqa: F401
-except ImportError:
-    pass
-
 SOCKET_NAME = "fork.sock"
 MAX_REQUEST = 64 * 1024 * 1024
 KILL_GRACE_S = 2.0
@@ -58,9 +53,36 @@ def _harness_process(conn: socket.socket, request: dict) -> None:
         spawn.IN_PROCESS_CHILD = child.main
     try:
         doc = trusted.respond(request)
+        doc["leftovers"] = leftovers()
         conn.sendall(json.dumps(doc, allow_nan=False).encode())
+    except BaseException as exc:  # noqa: BLE001 - the host gets the reason, not just a closed connection
+        import traceback
+
+        traceback.print_exc()  # into the harness log, whose tail the host reports
+        try:
+            conn.sendall(json.dumps({"error": f"the harness failed: {type(exc).__name__}: {exc}"}).encode())
+        except (OSError, ValueError):
+            pass
     finally:
         os._exit(0)
+
+
+def leftovers() -> list[str]:
+    """What a candidate left that would reach the next evaluation in this container: files in the shared
+    tmpfs folders, System V IPC objects. The host replaces a container that has any."""
+    found = []
+    for folder in ("/tmp", "/dev/shm"):
+        try:
+            found += [f"{folder}/{name}" for name in os.listdir(folder)]
+        except OSError:
+            pass
+    for kind in ("shm", "sem", "msg"):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                found += [f"sysv {kind}"] * (len(f.readlines()) - 1)
+        except OSError:
+            pass
+    return found[:20]
 
 
 def _kill(pid: int) -> None:
@@ -70,7 +92,14 @@ def _kill(pid: int) -> None:
         pass
 
 
-def serve(ctl_dir: str) -> None:
+def serve(ctl_dir: str, site_paths: list[str]) -> None:
+    # The point of the warm pool for pytest tasks: the children of pytest runs are forked from this process
+    # and find pytest imported. The image's packages are not on the path of an interpreter started with -I -S.
+    sys.path.extend(p for p in site_paths if p not in sys.path)
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        pass
     path = os.path.join(ctl_dir, SOCKET_NAME)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = path + ".new"
@@ -126,9 +155,9 @@ def oneshot(ctl_dir: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2 or argv[0] not in ("serve", "oneshot"):
-        sys.exit("usage: run_container.py serve|oneshot CTL_DIR")
+    if len(argv) < 2 or argv[0] not in ("serve", "oneshot"):
+        sys.exit("usage: run_container.py serve CTL_DIR [SITE_PATH...] | oneshot CTL_DIR")
     if argv[0] == "serve":
-        serve(argv[1])
+        serve(argv[1], argv[2:])
     else:
         oneshot(argv[1])

@@ -273,6 +273,11 @@ def run_child(
             os.setgroups([])
             os.setgid(identity.gid if identity.gid is not None else identity.uid)
             os.setuid(identity.uid)
+        try:  # an OOM killer (host or container) takes the candidate first, never the harness
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
         # Set after the uid change, which clears it: the child must not outlive a killed harness.
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 

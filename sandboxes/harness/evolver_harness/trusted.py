@@ -54,10 +54,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (math.inf, -math.inf):  # 1e999 parses as inf
+        raise ValueError(f"{text[:20]} is not a finite number")
+    return value
+
+
 def _child_json(text: str) -> Any:
-    """Parse what the child wrote. child.py never writes NaN or Infinity: a document that has them is forged,
-    and letting them through would make the harness's own strict result document fail for the whole batch."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """Parse what the child wrote. child.py never writes NaN or Infinity (nor numbers that overflow to it): a
+    document that has them is forged, and letting them through would make the harness's own strict result
+    document fail for the whole batch. Nesting too deep for the parser is a ValueError here too."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 _PROFILE_NUMBERS = ("ncalls", "primitive_calls", "tottime_s", "cumtime_s")
@@ -103,7 +114,7 @@ def _classify_failure(run: ChildRun, doc: dict | None, limits: ChildLimits) -> t
         return "timeout", f"Exceeded the CPU-time limit ({math.ceil(limits.timeout_s) + 1} s); killed."
     if doc is not None and not doc.get("ok", False):
         kind = doc.get("kind", "error")
-        detail = str(doc.get("traceback") or doc.get("error", ""))  # the child's document: any JSON at all
+        detail = str(doc.get("traceback") or doc.get("error", ""))[:8000]  # the child's document: any JSON
         if kind == "memory":
             return "memory", f"Ran out of memory (limit {limits.memory_mb} MB):\n{detail}"
         if kind == "output_limit":
@@ -295,7 +306,10 @@ class Harness:
                 outcome = t.get("outcome")
                 rec["status"] = {"passed": "ok", "failed": "failed", "skipped": "skipped"}.get(outcome, "error")
                 rec["score"] = 1.0 if outcome == "passed" else 0.0
-                rec["objectives"] = {"duration_s": float(t.get("duration_s", 0.0))}
+                duration = t.get("duration_s")  # the child's document: not trusted to hold a finite number
+                ok_number = isinstance(duration, (int, float)) and not isinstance(duration, bool)
+                rec["objectives"] = {"duration_s": float(duration) if ok_number and math.isfinite(duration)
+                                     else 0.0}
                 message, tb = t.get("message", ""), t.get("traceback", "")
                 # The traceback ends with the assertion message already; the message alone when there is none.
                 feedback = tb if tb and message.splitlines()[:1] and message.splitlines()[0] in tb else (
