@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DEFAULT_EVALUATE, GOOD_SOL
+from test_sandbox_faults import PROBE_EVALUATE
 
 from evolver.sandbox import ProcessSandbox, SandboxJob, SandboxLimits, resolve_backend
 from evolver.sandbox.docker import DockerSandbox
@@ -30,23 +31,6 @@ from evolver.sandbox.images import build_base_image
 if os.environ.get("EVOLVER_DOCKER") == "0":
     pytest.skip("EVOLVER_DOCKER=0: the docker sandbox tests are skipped on request", allow_module_level=True)
 
-PROBE_EVALUATE = '''
-import json
-from evolver_harness import report
-
-def prepare(instance):
-    return {"x": int(instance[1:])}
-
-def produce(inputs):
-    import sol
-    return sol.f(inputs["x"])
-
-def judge(instance, inputs, output, usage):
-    if inputs["x"] == 7:
-        return report(instance, 0.0, feedback="PROBE " + json.dumps(output))
-    ok = output == inputs["x"] * 2
-    return report(instance, 1.0 if ok else 0.0, feedback="" if ok else f"wrong: {output!r}")
-'''
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .process import pid_alive
+
 LABEL_SANDBOX = "evolver.sandbox"
 LABEL_RUN = "evolver.run"
 LABEL_PID = "evolver.pid"
@@ -43,16 +45,6 @@ def connect() -> Any | None:
     except (docker.errors.DockerException, OSError):
         return None
     return client
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -141,7 +133,7 @@ def sweep_stale(client: Any) -> int:
             pid = int(labels.get(LABEL_PID, "0"))
         except ValueError:
             pid = 0
-        if labels.get(LABEL_HOST) == host and pid > 0 and not _alive(pid):
+        if labels.get(LABEL_HOST) == host and pid > 0 and not pid_alive(pid):
             with contextlib.suppress(docker.errors.APIError):
                 c.remove(force=True)
                 removed += 1
@@ -150,7 +142,7 @@ def sweep_stale(client: Any) -> int:
         removed += 1
     base = Path("/dev/shm")
     for path in base.glob(f"{MOUNT_PREFIX}*") if base.is_dir() else ():
-        if not _alive(_owner_pid(path.name)):
+        if not pid_alive(_owner_pid(path.name)):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed
@@ -173,7 +165,7 @@ def _stale_mounts() -> list[Path]:
         parts = line.split()
         if len(parts) > 1 and parts[1].startswith(f"{MOUNT_BASE}/{MOUNT_PREFIX}"):
             path = Path(parts[1])
-            if not _alive(_owner_pid(path.name)):
+            if not pid_alive(_owner_pid(path.name)):
                 stale.append(path)
     return stale
 
