@@ -162,3 +162,9 @@ def assert_clean_next(run_eval) -> Callable[..., None]:
         assert not sandbox_processes()
 
     return check
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say it out loud when the docker backend was not tested."""
+    if os.environ.get("EVOLVER_DOCKER") == "0":
+        terminalreporter.write_line("EVOLVER_DOCKER=0: the docker sandbox tests were skipped on request", yellow=True)
