@@ -4,9 +4,9 @@ and by the run's own history.
 One mutation per proposal (operators in mutations.py). Functions named in the tracebacks of failing instances
 (or, without failures, the profile's hot spots) are mutated more often, and the lines a traceback names more
 often still. The lesson log steers the rest: mutation kinds that got accepted are drawn more often (Thompson
-sampling), names that crashed a child as a divisor are not divided by again, and a change already rejected from this
-parent is not proposed again. Everything random comes from the rng passed in, and the history is read from
-the proposal's context (not kept in the proposer), so a resumed run makes the same choices.
+sampling), and a change already rejected from this parent is not proposed again. Everything random comes from
+the rng passed in, and the history is read from the proposal's context (not kept in the proposer), so a resumed
+run makes the same choices.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ KIND_OF_CHANGE = (("perturb constant", "perturb"), ("swap operator", "swap_op"),
                   ("replace", "replace"), ("combine", "combine"), ("negate condition", "branch"),
                   ("swap if/else", "branch"), ("swap branches", "branch"), ("drop statement", "statement"),
                   ("duplicate statement", "statement"))
-DIVISOR_RE = re.compile(r"(?:/ (\w+)|\* (\w+) \*\* -?[\d.]+)(?: in [\w<>]+)? \(line \d+\)$")
 REASON_RE = re.compile(r"^\w+: ")  # the "worse: " / "crashed: " in front of a tried change
 
 
@@ -94,7 +93,6 @@ def read_preferences(lessons: str) -> Preferences:
     """What the lessons (most relevant, i.e. most recent, first) say about this proposer's own mutations."""
     wins: dict[str, int] = {}
     losses: dict[str, int] = {}
-    bad_divisors: set[str] = set()
     for line in lessons.splitlines():
         m = LESSON_RE.match(line.strip())
         if m is None:
@@ -106,9 +104,7 @@ def read_preferences(lessons: str) -> Preferences:
             continue
         table = wins if outcome == "accepted" else losses
         table[kind] = table.get(kind, 0) + 1
-        if reason == "crashed" and (d := DIVISOR_RE.search(change)):
-            bad_divisors.add(d.group(1) or d.group(2))
-    return Preferences(wins=wins, losses=losses, bad_divisors=frozenset(bad_divisors))
+    return Preferences(wins=wins, losses=losses)
 
 
 class BuiltinProposer:

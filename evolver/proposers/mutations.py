@@ -1,10 +1,10 @@
 """Mutation operators of the builtin proposer: where a Python module can be mutated, and one mutant of it.
 
 Six kinds: perturb a numeric constant, swap an operator, replace a name or literal by another name in scope,
-combine an expression with another name (`E + c * N`, `E - c * N`, `E * N`, `E / N`, `E * N ** p`), negate a
-condition or swap if/else branches, drop or duplicate a statement. Which kind to draw and which divisors to shun
-can be steered by `Preferences` (what earlier outcomes of the run suggest); everything
-random comes from the rng passed in, so the same seed and preferences give the same mutant.
+combine an expression with another name (`E + c * N`, `E - c * N`, `E * N`, `E / N`, `E * N ** p`; divisions and
+fractional powers guarded), negate a condition or swap if/else branches, drop or duplicate a statement. Which kind
+to draw can be steered by `Preferences` (what earlier outcomes of the run suggest); everything random comes from
+the rng passed in, so the same seed and preferences give the same mutant.
 """
 
 from __future__ import annotations
@@ -31,19 +31,24 @@ TERMINAL = (cst.Return, cst.Raise, cst.Continue, cst.Break, cst.Pass)
 SKIPPED = (cst.Decorator, cst.Import, cst.ImportFrom)  # nothing to mutate inside
 COEFFICIENTS = (0.1, 0.25, 0.5, 2.0)  # c of `E + c * N` and `E - c * N`
 EXPONENTS = (-2, -1, -0.5, 0.5, 2)  # p of `E * N ** p`: scale-free, like `E * N` and `E / N`
-POWER_P = 0.3  # share of combinations that take the power form
+# Share of combinations that take the power form: being scale-free, it changes rankings whatever the magnitudes
+# of E and N, where `E + c * N` does little until c is tuned. 0.5 with the guard below screened best on jobshop
+# (40 seeds; median gap 17.2 vs 17.7 at 0.3 unguarded); 0.5 alone was within noise.
+POWER_P = 0.5
+# `N` of `E / N` and of a negative or fractional power becomes `max(N, GUARD)`: a name that is sometimes zero or
+# negative (a feature that is 0 on some calls) would otherwise crash the child, which costs a minibatch and
+# rules the name out as a divisor; guarded, it is a usable term (tiny N -> huge value) and nothing crashes.
+GUARD = 1e-9
 # Regions tracked while visiting; "local": lambda parameters and comprehension targets are not function locals.
 REGIONS = ((cst.Parameters, "params"), (cst.Annotation, "annotation"), (cst.Lambda, "local"), (cst.CompFor, "local"))
 
 
 @dataclass(frozen=True)
 class Preferences:
-    """What earlier outcomes suggest: how often each kind was accepted or lost, and names that crashed a child
-    as a divisor or as the base of a power."""
+    """What earlier outcomes suggest: how often each kind was accepted or lost."""
 
     wins: Mapping[str, int] = field(default_factory=dict)
     losses: Mapping[str, int] = field(default_factory=dict)
-    bad_divisors: frozenset[str] = frozenset()
 
     def pick_kind(self, kinds: list[str], rng: random.Random) -> str:
         """Thompson sampling over the kinds available: each kind's Beta(1 + wins, 1 + losses) draw, the largest
@@ -297,13 +302,14 @@ def _combine(env: _Env, site: Site) -> Mutant:
         (isinstance(node, cst.UnaryOperation) and not isinstance(node.operator, cst.Not))
     e = code if atom else f"({code})"
     c, form = rng.choice(COEFFICIENTS), rng.choice(("+", "-", "*", "/"))
+    guarded = f"max({other}, {GUARD:g})"
     if rng.random() < POWER_P:
-        p = rng.choice(EXPONENTS if other not in env.prefs.bad_divisors else [x for x in EXPONENTS if x > 0])
-        text = f"{e} * {other} ** {p:g}"
+        p = rng.choice(EXPONENTS)
+        text = f"{e} * {guarded if p < 0 or p != int(p) else other} ** {p:g}"  # a positive integer power is safe
+    elif form == "/":
+        text = f"{e} / {guarded}"
     else:
-        if form == "/" and other in env.prefs.bad_divisors:  # it crashed a child before (zero or negative)
-            form = "*"
-        text = f"{e} {form} {other}" if form in "*/" else f"{e} {form} {c:g} * {other}"
+        text = f"{e} {form} {other}" if form == "*" else f"{e} {form} {c:g} * {other}"
     # A whole return / assigned value needs no parentheses; anything inside an expression does.
     return node, cst.parse_expression(text if site.extra else f"({text})"), f"combine {_code(module, node)} -> {text}"
 
