@@ -216,8 +216,8 @@ def test_no_network_outside_or_to_the_host(attack) -> None:
 
 def test_writes_outside_the_workdir_and_into_the_harness(attack) -> None:
     body = """
-    import os, evolver_harness
-    root = os.path.dirname(os.getcwd())
+    import os, sys, evolver_harness
+    root = os.path.dirname(os.path.dirname(sys.modules["task_evaluator"].__file__))  # the harness's folder
     out = {}
     for name, path in (("etc", "/etc/pwned"), ("usr", "/usr/lib/python3/pwned.py"),
                        ("harness", os.path.join(os.path.dirname(evolver_harness.__file__), "pwned.py")),
@@ -225,7 +225,7 @@ def test_writes_outside_the_workdir_and_into_the_harness(attack) -> None:
                        ("task", os.path.join(root, "task", "evaluate.py")),
                        ("sandbox_root", os.path.join(root, "pwned")),
                        ("harness_io", os.path.join(root, "harness-io", "pwned")),
-                       ("control", "/sandbox/ctl/pwned")):
+                       ("control", "/evolver/ctl/pwned")):
         try:
             with open(path, "a") as fh:
                 fh.write("pwned")
@@ -236,6 +236,8 @@ def test_writes_outside_the_workdir_and_into_the_harness(attack) -> None:
     """
     seen = probe(attack(faulty(body), evaluate=PROBE_EVALUATE)["i7"])
     assert all(v.startswith("denied") for v in seen.values()), seen
+    assert seen["control"] == "denied PermissionError", seen
+    assert not any("FileNotFound" in v for v in seen.values()), seen  # every target exists: a real denial
 
 
 def test_the_host_environment_does_not_reach_the_candidate(attack, monkeypatch) -> None:
@@ -276,9 +278,9 @@ def test_background_process_and_zombies_do_not_outlive_the_instance(attack) -> N
 
 def test_killing_the_harness_and_tampering_with_results(attack) -> None:
     body = """
-    import os, signal
+    import os, signal, sys
     out = {}
-    root = os.path.dirname(os.getcwd())
+    root = os.path.dirname(os.path.dirname(sys.modules["task_evaluator"].__file__))  # the harness's folder
     for name, pid in (("init", 1), ("parent", os.getppid())):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -291,7 +293,7 @@ def test_killing_the_harness_and_tampering_with_results(attack) -> None:
         out["results"] = "denied " + type(exc).__name__
     try:
         import socket
-        socket.socket(socket.AF_UNIX).connect("/sandbox/ctl/fork.sock")
+        socket.socket(socket.AF_UNIX).connect("/evolver/ctl/fork.sock")
         out["fork_server"] = "connected"
     except OSError as exc:
         out["fork_server"] = "denied " + type(exc).__name__
@@ -299,6 +301,7 @@ def test_killing_the_harness_and_tampering_with_results(attack) -> None:
     """
     seen = probe(attack(faulty(body), evaluate=PROBE_EVALUATE, instances=("i1", "i7", "i2"))["i7"])
     assert all(str(v).startswith("denied") for v in seen.values()), seen
+    assert seen["fork_server"] == "denied PermissionError" and seen["results"] == "denied PermissionError", seen
 
 
 def test_kill_everything_it_can_from_inside(attack) -> None:
