@@ -341,3 +341,10 @@ def test_no_merge_flag_turns_merges_off(tmp_path: Path) -> None:
     assert doc["proposals"]["accepted:accepted"] >= 2  # merges would have been due
     assert doc["merges"]["attempts"] == 0 and Store(run_dir / "run.db").merges("run") == []
     assert Store(run_dir / "run.db").run("run").config["loop"]["merge"] is False
+
+
+def test_files_with_nul_bytes_are_merged_as_whole_files_not_through_git() -> None:
+    # git merge-file refuses them; before, that error stopped the run, and resume retried the same pair.
+    base = {"data.txt": b"a\x00b\n"}
+    merged = three_way(base, {"data.txt": b"a\x00c\n"}, {"data.txt": b"a\x00d\n"})
+    assert "data.txt" in merged.conflicted and merged.conflicted["data.txt"].conflicts[0].whole_file

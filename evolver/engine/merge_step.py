@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..lessons import LessonLog, relevant
-from ..proposers.merge import Merger, MergeRequest, ParentSummary, overlapping_hunks
+from ..proposers.merge import MergeOutcome, Merger, MergeRequest, ParentSummary, overlapping_hunks
 from ..repo import RunRepo, candidate_branch
 from ..store import ProposalRow, Store
 from ..task import Task
@@ -136,7 +136,12 @@ class MergeSteps:
         la, lb, lbase = self._label(pair.a), self._label(pair.b), self._label(pair.base)
         files = {s: self.repo.read_files(s) for s in (pair.base, pair.a, pair.b)}
         changed = sorted({p for s in (pair.a, pair.b) for p, d in files[s].items() if files[pair.base].get(p) != d})
-        outcome = self.merger.merge(files[pair.base], files[pair.a], files[pair.b], self._request(pair, changed))
+        try:
+            outcome = self.merger.merge(files[pair.base], files[pair.a], files[pair.b], self._request(pair, changed))
+        except (RuntimeError, ValueError, RecursionError, OSError) as exc:
+            # Recorded as this pair's failed attempt: raised, it would stop the run, and resume would pick the
+            # same pair again and stop again.
+            outcome = MergeOutcome(resolution="failed", failure="merge_error", detail=f"{type(exc).__name__}: {exc}")
         self.save_progress()
         title = f"merge of {la} and {lb} (base {lbase})"
         how = f"{outcome.conflicts} conflict(s), resolution {outcome.resolution}" if outcome.conflicts else "clean"

@@ -134,7 +134,7 @@ class ConflictResolver(Protocol):
 
 # -- the 3-way merge --------------------------------------------------------------------------------------
 def _text(data: bytes | None) -> str | None:
-    if data is None:
+    if data is None or b"\0" in data:  # git merge-file refuses NUL bytes: such a file is merged as binary
         return None
     try:
         return data.decode("utf-8")
