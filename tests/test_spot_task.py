@@ -305,6 +305,7 @@ def decide(obs):
         _try("generator", lambda: __import__("generate_traces").generate("z07", 552))
         _try("subprocess", lambda: subprocess.run(["cat", traces[0]], capture_output=True).stdout[:100])
         _try("link", lambda: os.link(traces[0], "copy.json"))
+        _try("fork_exec", lambda: __import__("_posixsubprocess"))
         _tried.append(f"frames: {_frames() or 'nothing long'}")
         print(" | ".join(_tried))
     return "spot" if obs.spot_available else "idle"
@@ -326,7 +327,7 @@ def test_future_reading_policy_gets_nothing(tmp_path: Path, data: dict) -> None:
                       instances=[name])
     r = report.results[0]
     assert r.status == "ok", r.feedback
-    for label in ("open", "os.open", "generator", "subprocess", "link"):
+    for label in ("open", "os.open", "generator", "subprocess", "link", "fork_exec"):
         assert f"{label}: refused" in r.stdout, r.stdout
     assert "paths: 1" in r.stdout, r.stdout  # the file is there to be found: the refusals are real
     assert "GOT" not in r.stdout and "frames: nothing long" in r.stdout, r.stdout

@@ -106,6 +106,9 @@ def _forbid_task_data() -> None:
                     raise PermissionError(f"the policy may not read the task's trace data ({text})")
         elif event in BLOCKED_EVENTS:
             raise PermissionError(f"the policy may not use {event} (the trace stays with the simulator)")
+        elif event == "import" and args and args[0] == "_posixsubprocess":
+            # Its fork_exec starts programs without any audit event of its own (`cat` of the traces).
+            raise PermissionError("the policy may not start programs (the trace stays with the simulator)")
 
     sys.addaudithook(hook)
 
