@@ -269,7 +269,6 @@ def decide(obs):
 FUTURE_READER = '''
 import glob
 import os
-import subprocess
 import sys
 
 _tried = []
@@ -303,7 +302,7 @@ def decide(obs):
         _try("open", lambda: open(traces[0]).read(100))
         _try("os.open", lambda: os.read(os.open(traces[0], os.O_RDONLY), 100))
         _try("generator", lambda: __import__("generate_traces").generate("z07", 552))
-        _try("subprocess", lambda: subprocess.run(["cat", traces[0]], capture_output=True).stdout[:100])
+        _try("subprocess", lambda: __import__("subprocess").run(["cat", traces[0]], capture_output=True).stdout)
         _try("link", lambda: os.link(traces[0], "copy.json"))
         _try("fork_exec", lambda: __import__("_posixsubprocess"))
         _tried.append(f"frames: {_frames() or 'nothing long'}")
