@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .engine.frontier import build_frontier, scores_from_results
+from .engine.frontier import build_frontier, rank_key, scores_from_results
 from .errors import UserInputError
 from .evaluation import cache_key
 from .repo import RunRepo, seed_branch
@@ -78,7 +78,7 @@ def status(run_dir: str | Path) -> dict[str, Any]:
             table.append({"candidate": labels.get(c.candidate, c.candidate[:10]), "sha": c.candidate,
                           "on_frontier": c.candidate in weight, "wins": weight.get(c.candidate, 0.0),
                           "objectives": dict(c.objectives)})
-        best = max(table, key=lambda t: t["objectives"].get("score") or float("-inf"), default=None)
+        best = max(table, key=lambda t: rank_key(t["objectives"], task.objectives), default=None)
         return {
             "run": view.name, "task": task.name, "state": row.state, "stop_reason": row.stop_reason,
             "iterations": row.iteration, "evals_used": row.evals_used, "usd_used": row.usd_used,

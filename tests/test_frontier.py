@@ -7,7 +7,13 @@ from collections import Counter
 
 import pytest
 
-from evolver.engine.frontier import CandidateScores, best_per_instance, build_frontier, objective_front
+from evolver.engine.frontier import (
+    CandidateScores,
+    best_per_instance,
+    build_frontier,
+    objective_front,
+    scores_from_results,
+)
 
 NAN, INF = float("nan"), float("inf")
 INSTANCES = ("a", "b", "c")
@@ -76,3 +82,23 @@ def test_selection_is_seeded_and_proportional() -> None:
     rng = random.Random(7)
     counts = Counter(f.select(rng) for _ in range(3000))
     assert 0.28 < counts["p"] / 3000 < 0.39  # weight 1 of 3
+
+
+def test_ties_on_score_go_to_the_better_other_objectives() -> None:
+    from evolver.engine.frontier import rank_key
+
+    directions = {"score": "max", "duration_s": "min", "size": "max"}
+    fast = {"score": 1.0, "duration_s": 0.2, "size": 1.0}
+    slow = {"score": 1.0, "duration_s": 0.9, "size": 5.0}
+    unmeasured = {"score": 1.0, "duration_s": None, "size": 9.0}
+    assert max([slow, unmeasured, fast], key=lambda o: rank_key(o, directions)) is fast
+    assert rank_key({"score": 0.5, "duration_s": 0.0}, directions) < rank_key(slow, directions)
+
+
+def test_skipped_tests_keep_the_other_objectives() -> None:
+    from types import SimpleNamespace as R
+
+    results = [R(instance="t1", status="ok", score=1.0, objectives={"duration_s": 0.5}),
+               R(instance="t2", status="skipped", score=0.0, objectives={"duration_s": 0.0})]
+    scores = scores_from_results("c", results, {"score": "max", "duration_s": "min"})
+    assert scores.objectives["duration_s"] == 0.5  # the skipped test neither erases nor dilutes it

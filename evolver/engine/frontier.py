@@ -133,11 +133,25 @@ def scores_from_results(candidate: str, results: Sequence[Any], directions: Mapp
     `score` is the mean over all instances, failures counting 0; any other objective is the mean over the
     instances only when none failed, else missing: a candidate must not reach the objective front by being
     fast at failing."""
-    all_ok = all(r.status == "ok" for r in results)
+    # A skipped test (pytest tasks) measured nothing, and failed nothing either.
+    all_ok = all(r.status in ("ok", "skipped") for r in results)
     mean_score = sum(r.score for r in results) / len(results) if results else 0.0
     objectives: dict[str, float | None] = {}
     for name in directions:
-        vals = [v for r in results if (v := r.objectives.get(name)) is not None]
+        vals = [v for r in results if r.status == "ok" and (v := r.objectives.get(name)) is not None]
         objectives[name] = mean_score if name == "score" else (sum(vals) / len(vals) if all_ok and vals else None)
     per = {r.instance: (r.score if r.status not in FAILED_STATUSES else None) for r in results}
     return CandidateScores(candidate, per, objectives)
+
+
+def rank_key(objectives: Mapping[str, float | None], directions: Mapping[str, str]) -> tuple[float, ...]:
+    """Order of "best": the score, then the task's other objectives in their declared order and direction, so
+    that among candidates that all pass (a pytest task) the faster one is best, not the oldest."""
+    key = []
+    for name, direction in {"score": "max", **directions}.items():
+        value = objectives.get(name)
+        if value is None or not math.isfinite(value):
+            key.append(float("-inf"))
+        else:
+            key.append(value if direction == "max" else -value)
+    return tuple(key)

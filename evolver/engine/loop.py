@@ -25,7 +25,14 @@ from ..repo import RunRepo, candidate_branch
 from ..store import ProposalRow, Store
 from ..task import Task
 from .budget import FAILING_STREAK_WARNING, Budget, Usage, evals_exhausted, stop_reason
-from .frontier import FAILED_STATUSES, CandidateScores, Frontier, build_frontier, scores_from_results
+from .frontier import (
+    FAILED_STATUSES,
+    CandidateScores,
+    Frontier,
+    build_frontier,
+    rank_key,
+    scores_from_results,
+)
 from .merge_step import NO_MERGE, MergeSteps
 
 # The LLM is down or misconfigured: more iterations would only repeat the same error.
@@ -168,7 +175,7 @@ class Engine(MergeSteps):
     def best(self) -> str | None:
         if not self.val_scores:
             return None
-        return max(self.val_scores, key=lambda s: (self.val_scores[s].objectives.get("score") or float("-inf")))
+        return max(self.val_scores, key=lambda s: rank_key(self.val_scores[s].objectives, self.task.objectives))
 
     def best_objectives(self) -> dict[str, float | None] | None:
         b = self.best()
@@ -331,7 +338,8 @@ class Engine(MergeSteps):
         self.store.update_proposal(p.id, status="accepted", reason="accepted", child_score=child_sum,
                                    val_score=val_score, detail=f"{label} sum {child_sum:.4g} vs {parent_sum:.4g}")
         self._lesson(p, "accepted", "accepted", child_sum - parent_sum)
-        improved = (before.get("score") is None) or val_score > (before.get("score") or float("-inf"))
+        improved = not before or rank_key(self.val_scores[p.child_sha].objectives, self.task.objectives) > rank_key(
+            before, self.task.objectives)
         self.usage = replace(self.usage, best_score=max(val_score, self.usage.best_score or float("-inf")),
                              since_improvement=0 if improved else self.usage.since_improvement + 1)
         self.failing_streak = 0
