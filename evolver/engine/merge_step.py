@@ -50,7 +50,7 @@ class MergeSteps:
         proposals = self.store.proposals(self.run_name)
         # An attempt cut off before its merge was committed produced nothing: its pair may be tried again.
         lost = {p.id for p in proposals if p.kind == "merge" and p.child_sha is None and
-                (p.status == "pending" or p.reason == "interrupted")}
+                (p.status == "pending" or p.reason in ("interrupted", "llm_error"))}
         merges = [m for m in self.store.merges(self.run_name) if m.proposal_id not in lost]
         self._merge_attempts = len(merges)
         self._accepted_mutations = sum(p.kind != "merge" and p.status == "accepted" for p in proposals)
@@ -69,6 +69,7 @@ class MergeSteps:
         def _lesson(self, p: ProposalRow, outcome: str, reason: str, delta: float | None) -> None: ...
         def save_progress(self) -> None: ...
         def _no_improvement(self) -> None: ...
+        def _count_failure_locked(self, reason: str) -> None: ...
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _label(self, sha: str) -> str:
@@ -166,7 +167,16 @@ class MergeSteps:
                                        change=f"{title}: {how}", files=changed)
             row = self.store.proposals(self.run_name, parent_sha=pair.a)
             self._lesson(next(p for p in row if p.id == pid), "failed", failure or "failed", None)
-            self._no_improvement()
+            if failure == "llm_error":
+                # An LLM outage says nothing about the pair: it stays eligible and the attempt is not counted,
+                # but the failure counts towards the streak that stops a run whose LLM keeps failing.
+                with self._lock:
+                    self._merge_attempts -= 1
+                    self._tried_pairs.discard(frozenset((pair.a, pair.b)))
+                    self._tried_triples.discard((frozenset((pair.a, pair.b)), pair.base))
+                    self._count_failure_locked("llm_error")
+            else:
+                self._no_improvement()
             self._emit("iteration", f"{title} failed ({failure}): {detail.splitlines()[0][:100] if detail else ''}")
             return None
         child = self.repo.commit_tree(tree, (pair.a, pair.b), subject=title, kind="merge",
