@@ -103,8 +103,8 @@ class Session:
 
     def _drain_after_exit(self) -> None:
         """Requests still buffered when the child exited are moot; only the closing line matters."""
-        try:
-            while chunk := os.read(self.req_r, _READ_CHUNK):
+        try:  # bounded: descendants of the child may still hold the pipe and write into it
+            while len(self.buffer) <= MAX_MESSAGE_BYTES and (chunk := os.read(self.req_r, _READ_CHUNK)):
                 self.buffer += chunk
         except BlockingIOError:
             pass
@@ -148,6 +148,8 @@ class Session:
             self.requests += 1
             try:
                 reply = (json.dumps(self.handle(message), allow_nan=False) + "\n").encode()
+                if len(reply) > MAX_MESSAGE_BYTES + 1:  # the child reads at most that much per reply
+                    raise ValueError(f"a reply of {len(reply)} bytes, over the limit of {MAX_MESSAGE_BYTES}")
             except Exception as exc:  # noqa: BLE001 - the evaluator's fault, reported as such
                 err = ServerError(f"the evaluator's session server failed on request {self.requests}")
                 err.__cause__ = exc
