@@ -111,7 +111,7 @@ def f(n, channel):
     if n == 9:  # the server replies with something that is not JSON
         channel.ask("nan")
         return "ok"
-    if n == 10:  # the server replies with more than a child may read per reply
+    if n == 11:  # the server replies with more than a child may read per reply
         channel.ask("huge")
         return "ok"
     return "ok"
@@ -160,9 +160,9 @@ def test_time_limit_applies_while_serving(make_task, run_eval, assert_clean_next
 
 
 def test_server_failures_are_evaluator_errors(make_task, run_eval) -> None:
-    task = _task(make_task, ["i6", "i9", "i10", "i99", "i1"])
+    task = _task(make_task, ["i6", "i9", "i11", "i99", "i1"])
     results = run_eval(task)
-    assert results["i10"].status == "evaluator_error" and "over the limit" in results["i10"].feedback
+    assert results["i11"].status == "evaluator_error" and "over the limit" in results["i11"].feedback
     assert results["i6"].status == "evaluator_error"
     assert "handle broke on purpose" in results["i6"].feedback
     assert "not the candidate's fault" in results["i6"].feedback
