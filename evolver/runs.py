@@ -186,6 +186,14 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
                 raise UserInputError(f"{path}: expected a new run directory or a run of the same task and model, "
                                      f"found a run of {existing.task_path} with {existing.config['model']['model']}; "
                                      "pick another --run")
+            if loop is not None:
+                stored, given = existing.config.get("loop", {}), loop.to_json()
+                changed = sorted(k for k in given if k != "workers" and k in stored and stored[k] != given[k])
+                if changed:
+                    shown = ", ".join(f"{k}: run has {stored[k]!r}, given {given[k]!r}" for k in changed)
+                    raise UserInputError(f"{path}: running the same command again continues the run with its own "
+                                         f"settings, and these differ ({shown}); drop those flags to continue, or "
+                                         "pick another --run for a run with the new settings")
             return resume_run(path, budget=budget, on_event=on_event, make_evaluator=make_evaluator)
     name = path.resolve().name
     store = Store(path / "run.db")

@@ -201,3 +201,15 @@ def test_rerunning_the_same_command_continues_the_run(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="same task and model"):
         start_run(JOBSHOP, ModelConfig(model="openai/x", api_base="http://127.0.0.1:9"), Budget(max_evals=90),
                   run_dir=tmp_path / "run")
+
+
+def test_rerunning_with_other_loop_flags_says_what_differs(tmp_path: Path, capsys) -> None:
+    from evolver import cli
+
+    args = ["run", str(JOBSHOP), "--model", "builtin", "--run", str(tmp_path / "run"), "--json"]
+    assert cli.main([*args, "--budget-evals", "20"]) == 0
+    assert cli.main([*args, "--budget-evals", "40"]) == 0  # the same command: continues
+    capsys.readouterr()
+    assert cli.main([*args, "--budget-evals", "60", "--no-merge"]) == 2
+    err = capsys.readouterr().err
+    assert "merge: run has True, given False" in err and "another --run" in err
