@@ -58,6 +58,7 @@ class MergeSteps:
         self._tried_triples = {(frozenset((m.parent_a, m.parent_b)), m.base) for m in merges}
         self._parents: dict[str, tuple[str, ...]] = {c.sha: c.parents for c in self.store.candidates(self.run_name)}
         self._overlaps: dict[tuple[str, str, str], int] = {}
+        self._bases: dict[frozenset[str], str | None] = {}
 
     if TYPE_CHECKING:  # provided by Engine
         def frontier(self) -> Frontier: ...
@@ -76,12 +77,21 @@ class MergeSteps:
         cand = self.store.candidate(sha)
         return cand.branch.rsplit("/", 1)[-1] if cand and cand.branch else sha[:10]
 
+    # Both run under the engine's lock (the pair is chosen and claimed at once), once per pair of the frontier:
+    # cached, and over the mutable files only (a seed may hold large data files no mutation touches).
     def _overlap(self, a: str, b: str, base: str) -> int:
         key = (a, b, base)
         if key not in self._overlaps:
-            files = [self.repo.read_files(s) for s in (base, a, b)]
+            files = [{p: d for p, d in self.repo.read_files(s).items() if self.task.is_mutable(p)}
+                     for s in (base, a, b)]
             self._overlaps[key] = overlapping_hunks(*files)
         return self._overlaps[key]
+
+    def _merge_base(self, a: str, b: str) -> str | None:
+        key = frozenset((a, b))
+        if key not in self._bases:
+            self._bases[key] = self.repo.merge_base(a, b)
+        return self._bases[key]
 
     def _sum(self, sha: str, ids: Sequence[str]) -> float:
         per = self.val_scores[sha].per_instance
@@ -123,7 +133,7 @@ class MergeSteps:
             members = [m for m in self.frontier().members if m in self.val_scores]
             per = {m: self.val_scores[m].per_instance for m in members}
             means = {m: self.val_scores[m].objectives.get("score") or 0.0 for m in members}
-            pair = choose_pair(members, per, means, self.val, self._parents, self.repo.merge_base, self._overlap,
+            pair = choose_pair(members, per, means, self.val, self._parents, self._merge_base, self._overlap,
                                self._tried_pairs, self._tried_triples, rng)
             if pair is None:
                 return NO_MERGE
