@@ -213,3 +213,25 @@ def test_rerunning_with_other_loop_flags_says_what_differs(tmp_path: Path, capsy
     assert cli.main([*args, "--budget-evals", "60", "--no-merge"]) == 2
     err = capsys.readouterr().err
     assert "merge: run has True, given False" in err and "another --run" in err
+
+
+def test_a_child_committed_just_before_a_kill_is_adopted_on_resume(tmp_path: Path) -> None:
+    import sqlite3
+
+    from evolver.runs import resume_run
+
+    run = tmp_path / "run"
+    start_run(JOBSHOP, ModelConfig(model="builtin"), Budget(max_evals=40), run_dir=run)
+    db = sqlite3.connect(run / "run.db")
+    pid, child = db.execute("SELECT id, child_sha FROM proposals WHERE child_sha IS NOT NULL "
+                            "ORDER BY id DESC LIMIT 1").fetchone()
+    # The state a kill -9 leaves between committing the child and recording it on its proposal.
+    db.execute("UPDATE proposals SET child_sha = NULL, branch = NULL, status = 'pending', reason = 'pending', "
+               "detail = '' WHERE id = ?", (pid,))
+    db.execute("UPDATE runs SET state = 'running'")
+    db.commit()
+    db.close()
+    resume_run(run, budget=Budget(max_evals=80))
+    status_, reason, adopted = sqlite3.connect(run / "run.db").execute(
+        "SELECT status, reason, child_sha FROM proposals WHERE id = ?", (pid,)).fetchone()
+    assert adopted == child and reason not in ("interrupted", "duplicate"), (status_, reason)

@@ -294,6 +294,14 @@ class Engine(MergeSteps):
 
     def _finish_pending(self, p: ProposalRow) -> None:
         """A proposal interrupted by a kill: judge its committed child, or record that it never got one."""
+        if p.child_sha is None:
+            # Killed between committing the child (its candidate row is written first) and recording it on
+            # the proposal: adopt it, or its tree would count as a duplicate of something never evaluated.
+            branch = candidate_branch(self.run_name, p.id)
+            orphan = next((c for c in self.store.candidates(self.run_name) if c.branch == branch), None)
+            if orphan is not None:
+                self.store.update_proposal(p.id, child_sha=orphan.sha, branch=branch)
+                p = replace(p, child_sha=orphan.sha, branch=branch)
         if p.kind == "merge":
             return self._finish_merge(p)
         if p.child_sha is None:
