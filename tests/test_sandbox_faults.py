@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -452,3 +453,38 @@ def test_a_five_gigabyte_file_stops_at_the_size_limit(make_task, run_eval, asser
     r = results["i7"]
     assert r.status == "output_limit" and r.score == 0.0, (r.status, r.feedback)
     assert_clean_next(task, GOOD)
+
+
+@needs_root
+def test_two_evolver_processes_never_share_candidate_uids() -> None:
+    # A holder takes every free uid block but one; an evolver process started meanwhile must get that one,
+    # whatever its pid (before, the block was pid % 10000, so two processes could collide).
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent('''
+        import fcntl, resource, sys
+        from evolver.sandbox.process import UID_BLOCKS, UID_LOCK_DIR
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one descriptor per block held
+        UID_LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        held = []
+        for k in range(UID_BLOCKS):
+            f = open(UID_LOCK_DIR / f"{k}.lock", "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another evolver process's (this test's, say)
+                f.close()
+                continue
+            held.append((k, f))
+        free, f = held.pop(len(held) // 2)  # leave exactly one block free
+        f.close()
+        print(free, flush=True)
+        sys.stdin.read()
+        ''')], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        free = int(holder.stdout.readline())
+        out = subprocess.run([sys.executable, "-c", "from evolver.sandbox.process import slot_uid; print(slot_uid(3))"],
+                             capture_output=True, text=True, check=True).stdout
+        from evolver.sandbox.process import UID_BASE, UID_SLOTS
+        assert int(out) == UID_BASE + free * UID_SLOTS + 3
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import compileall
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -131,13 +132,36 @@ def _kill_group(pgid: int) -> None:
 
 # When root, each concurrent sandbox runs its candidate under a uid of its own (unnamed, above the usual
 # ranges), so parallel batches cannot signal each other or share one process budget (RLIMIT_NPROC counts
-# per user). The base depends on the pid so that two evolver processes on one machine do not collide.
+# per user). Each evolver process holds a block of UID_SLOTS uids for its lifetime, by an flock on the
+# block's lock file, so two evolver processes on one machine never share a uid.
 UID_BASE = 200_000
 UID_SLOTS = 64
+UID_BLOCKS = 10_000
+UID_LOCK_DIR = Path("/run/evolver-uids")
+_uid_block_lock: list = []  # the open lock file, held until the process exits
+
+
+@lru_cache(maxsize=1)
+def _uid_block() -> int:
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            UID_LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+            start = os.getpid() % UID_BLOCKS  # where to start looking: usually free at once
+            for k in range(UID_BLOCKS):
+                block = (start + k) % UID_BLOCKS
+                f = open(UID_LOCK_DIR / f"{block}.lock", "a")  # noqa: SIM115 - held for the process's life
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    f.close()
+                    continue
+                _uid_block_lock.append(f)
+                return block
+    return os.getpid() % UID_BLOCKS  # without root there is no uid to hand out anyway
 
 
 def slot_uid(slot: int) -> int:
-    return UID_BASE + (os.getpid() % 10_000) * UID_SLOTS + slot
+    return UID_BASE + _uid_block() * UID_SLOTS + slot
 
 
 def compile_harness(harness_dir: Path) -> None:
