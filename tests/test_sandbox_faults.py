@@ -467,7 +467,11 @@ def test_two_evolver_processes_never_share_candidate_uids() -> None:
         UID_LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         held = []
         for k in range(UID_BLOCKS):
-            f = open(UID_LOCK_DIR / f"{k}.lock", "a")
+            try:
+                f = open(UID_LOCK_DIR / f"{k}.lock", "a")
+            except OSError:  # out of descriptors: this machine cannot stage the test
+                print(-1, flush=True)
+                sys.exit(0)
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:  # another evolver process's (this test's, say)
@@ -481,6 +485,8 @@ def test_two_evolver_processes_never_share_candidate_uids() -> None:
         ''')], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         free = int(holder.stdout.readline())
+        if free < 0:
+            pytest.skip("not enough file descriptors to hold every uid block")
         out = subprocess.run([sys.executable, "-c", "from evolver.sandbox.process import slot_uid; print(slot_uid(3))"],
                              capture_output=True, text=True, check=True).stdout
         from evolver.sandbox.process import UID_BASE, UID_SLOTS
