@@ -22,35 +22,41 @@ BACKEND_ENV = "EVOLVER_BACKEND"  # overrides `auto` (process or docker), e.g. fo
 
 def resolve_backend(backend: str) -> tuple[str, str]:
     """(backend, why): what `auto` means on this machine right now."""
+    chosen, why, _client = _choose(backend)
+    return chosen, why
+
+
+def _choose(backend: str) -> tuple[str, str, Any]:
+    """(backend, why, the docker client when `auto` already connected one): one engine check per sandbox."""
     if backend not in ("auto", "docker", "process"):
         raise UserInputError(f"[sandbox] backend: expected \"auto\", \"docker\" or \"process\", found {backend!r}")
     if backend != "auto":
-        return backend, "named in task.toml or on the command line"
+        return backend, "named in task.toml or on the command line", None
     forced = os.environ.get(BACKEND_ENV, "")
     if forced in ("docker", "process"):
-        return forced, f"{BACKEND_ENV}={forced}"
+        return forced, f"{BACKEND_ENV}={forced}", None
     if os.geteuid() != 0:
-        return "process", NOT_ROOT
+        return "process", NOT_ROOT, None
     from .docker_host import connect
     from .images import base_tag, image_exists
 
     client = connect()
     if client is None:
-        return "process", "no Docker engine answers"
+        return "process", "no Docker engine answers", None
     try:
         tag = base_tag()
     except UserInputError:
-        return "process", "the sandbox image recipe is not installed"
+        return "process", "the sandbox image recipe is not installed", None
     if not image_exists(client, tag):
-        return "process", f"the sandbox image {tag} is not built (run `evolver sandbox build`)"
-    return "docker", f"a Docker engine answers and {tag} is built"
+        return "process", f"the sandbox image {tag} is not built (run `evolver sandbox build`)", None
+    return "docker", f"a Docker engine answers and {tag} is built", client
 
 
 def make_sandbox(backend: str, *, task_root: Path | None = None, isolation: str = "pool",
                  recycle_after: int = 50, run_label: str = "",
                  progress: Callable[[str], None] = lambda _msg: None) -> Sandbox:
     """`auto` -> docker when an engine answers and the base image is built, else process."""
-    chosen, _why = resolve_backend(backend)
+    chosen, _why, client = _choose(backend)
     if chosen == "process":
         return ProcessSandbox()
     from .docker import UNAVAILABLE, DockerSandbox
@@ -60,7 +66,7 @@ def make_sandbox(backend: str, *, task_root: Path | None = None, isolation: str 
     if os.geteuid() != 0:
         raise UserInputError(f"[sandbox] backend = \"docker\": {NOT_ROOT}; run evolver as root or use the "
                              "process backend")
-    client = connect()
+    client = client or connect()
     if client is None:
         raise UserInputError(f"[sandbox] backend = \"docker\": {UNAVAILABLE}")
     base, _built = build_base_image(client, progress=progress)
