@@ -113,8 +113,8 @@ def build_base_image(client: Any, *, rebuild: bool = False, progress: Progress =
         repository, _, version = tag.partition(":")
         client.api.import_image(src=str(tarball), repository=repository, tag=version,
                                 changes=list(IMPORT_CHANGES))
-        client.images.get(tag)  # raises if the import did not produce it
-        # The recipe's newest image also answers to :latest, for task Dockerfiles that name it.
+        # Raises if the import did not produce it. The recipe's newest image also answers to :latest, for
+        # task Dockerfiles that name it.
         client.images.get(tag).tag(repository, "latest")
     finally:
         shutil.rmtree(work, ignore_errors=True)
