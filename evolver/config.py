@@ -1,0 +1,116 @@
+"""Allowed values and defaults, defined once.
+
+task.toml validation, the CLI, `optimize()` keywords, the engine and the store all read their choices and
+defaults from here: a new status or a changed default is one edit, not five. Leaf module: imports nothing of
+evolver.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, get_args
+
+# -- tasks ------------------------------------------------------------------------------------------------
+Split = Literal["train", "val", "test"]
+SPLITS: Final[tuple[str, ...]] = get_args(Split)
+TaskKind = Literal["python", "pytest"]
+TASK_KINDS: Final[tuple[str, ...]] = get_args(TaskKind)
+Direction = Literal["max", "min"]
+DIRECTIONS: Final[tuple[str, ...]] = get_args(Direction)
+PRIMARY_OBJECTIVE: Final = "score"  # always an objective, always first, always maximised
+
+# -- evolution --------------------------------------------------------------------------------------------
+FrontierMode = Literal["instance", "objective", "hybrid"]
+FRONTIER_MODES: Final[tuple[str, ...]] = get_args(FrontierMode)
+AcceptRule = Literal["strict", "ties"]
+ACCEPT_RULES: Final[tuple[str, ...]] = get_args(AcceptRule)
+
+# -- sandboxes --------------------------------------------------------------------------------------------
+Backend = Literal["auto", "docker", "process"]
+BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
+Isolation = Literal["pool", "strict"]
+ISOLATIONS: Final[tuple[str, ...]] = get_args(Isolation)
+
+# -- outcomes of one instance ------------------------------------------------------------------------------
+InstanceStatus = Literal[
+    "ok", "invalid", "error", "timeout", "memory", "output_limit", "crashed", "no_output",  # evaluator mode
+    "failed", "skipped", "missing",  # pytest mode
+    "evaluator_error", "sandbox_error",  # not the candidate's fault
+]
+INSTANCE_STATUSES: Final[tuple[str, ...]] = get_args(InstanceStatus)
+# The candidate produced no result: no score to be best with.
+FAILED_STATUSES: Final = frozenset({"error", "timeout", "memory", "crashed", "no_output", "output_limit"})
+# Not the candidate's fault: never cached, so the next evaluation tries again.
+UNCACHED_STATUSES: Final = frozenset({"evaluator_error", "sandbox_error"})
+# Statuses that measured the candidate without a failure (a skipped test failed nothing).
+PASSING_STATUSES: Final = frozenset({"ok", "skipped"})
+
+# -- outcomes of one proposal ------------------------------------------------------------------------------
+ProposalStatus = Literal["pending", "accepted", "rejected", "failed"]
+PROPOSAL_STATUSES: Final[tuple[str, ...]] = get_args(ProposalStatus)
+# Why a proposal ended as it did (the `reason` of its row and of its lesson).
+OutcomeReason = Literal[
+    "pending", "accepted", "worse", "crashed", "patch_failed", "syntax", "not_mutable", "noop", "truncated",
+    "duplicate", "llm_error", "interrupted", "conflict_unresolved", "merge_error", "failed",
+]
+OUTCOME_REASONS: Final[tuple[str, ...]] = get_args(OutcomeReason)
+# Reasons of a working proposal that lost (not a failure to produce an evaluable child).
+LOST_REASONS: Final = frozenset({"worse", "duplicate"})
+MERGE_KIND: Final = "merge"  # the kind of proposal (and commit) a merge makes
+SEED_KIND: Final = "seed"
+
+# -- defaults ---------------------------------------------------------------------------------------------
+DEFAULT_PROPOSER: Final = "reflective"  # an LLM; `builtin` is the LLM-free one
+BUILTIN_MODEL: Final = "builtin"  # --model builtin: the LLM-free proposer and score-based merge resolution
+
+
+class Defaults:
+    """Every default a user can change, in one place (task.toml, flags and keywords fall back to these)."""
+
+    # [task]
+    seed: Final = "seed"
+    mutable: Final = ("**/*.py",)
+    # [evaluate]
+    kind: Final = "python"
+    evaluator: Final = "evaluate.py"
+    tests: Final = "tests"
+    instances_file: Final = "instances.toml"
+    timeout_s: Final = 60.0
+    profile: Final = False
+    repeats: Final = 1
+    # [evolve] and `evolver run`
+    frontier: Final = "instance"
+    minibatch: Final = 3
+    accept: Final = "strict"
+    merge: Final = True
+    max_merges: Final = 5
+    merge_subsample: Final = 5  # validation instances a merged candidate is first judged on
+    tried_shown: Final = 8  # rejected attempts from the same parent shown to the proposer
+    workers: Final = 1  # iterations in flight at once
+    seed_rng: Final = 0
+    # [sandbox]
+    backend: Final = "auto"
+    memory_mb: Final = 1024
+    cpus: Final = 1.0
+    max_processes: Final = 64
+    output_limit_mb: Final = 64
+    sandbox_workers: Final = 0  # 0: min(cores, 4)
+    isolation: Final = "pool"
+    recycle_after: Final = 50
+    # the LLM
+    temperature: Final = 0.7
+    max_tokens: Final = 4096
+    repair_turns: Final = 2
+    llm_timeout_s: Final = 120.0
+    llm_max_retries: Final = 4
+    llm_backoff_base_s: Final = 1.0
+    llm_backoff_cap_s: Final = 30.0
+    llm_concurrency: Final = 4
+    # stopping
+    failing_streak_warning: Final = 5  # proposals in a row without an evaluable child: say so
+    llm_error_streak_stop: Final = 3  # LLM failures in a row (after retries): stop the run
+
+
+def one_of(values: tuple[str, ...]) -> str:
+    """'"a", "b" or "c"': how an error message names the allowed values."""
+    quoted = [f'"{v}"' for v in values]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
