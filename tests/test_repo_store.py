@@ -6,6 +6,7 @@ import io
 import sqlite3
 import subprocess
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,52 @@ def test_store_roundtrip_wal_and_cache_key(tmp_path: Path) -> None:
     con = sqlite3.connect(db)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert con.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] == 2
+
+
+def test_evaluation_frames_are_stored_and_old_style_rows_still_build(tmp_path: Path) -> None:
+    store = Store(tmp_path / "run.db")
+    frames = [{"file": "pkg/a.py", "line": 3, "function": "outer"}, {"file": "pkg/a.py", "line": 9,
+                                                                      "function": "inner"}]
+    with_frames = replace(_row("a", 0.0, "error"), frames=frames)
+    positional = EvaluationRow("b", 0, "val", "ok", 1.0, {}, "", [], None, "", "", "process", True)
+    store.save_evaluations("k", "t", [with_frames, positional])
+    got = store.cached("k", "t", ["a", "b"])
+    assert got[("a", 0)].frames == frames and got[("b", 0)].frames == []
+    assert got[("a", 0)].trusted is True and got[("a", 0)].profile == [{"function": "f"}]
+    store.close()
+
+
+def test_proposals_by_id_with_parents_proposer_and_operator(tmp_path: Path) -> None:
+    store = Store(tmp_path / "run.db")
+    old_style = store.add_proposal("r", 1, "builtin", "p1", ["i1"], 0.5)
+    p = store.proposal(old_style)
+    assert p is not None and p.parents == ("p1",) and p.proposer == "builtin" and p.operator == ""
+    assert p.minibatch == ["i1"] and p.status == "pending" and p.parent_score == 0.5
+    new = store.add_proposal("r", 2, "mutation", "p1", ["i2"], None, parents=["p1"], proposer="builtin",
+                             operator="perturb")
+    store.update_proposal(new, child_sha="c1", status="rejected", reason="worse", files=["a.py"],
+                          operator="swap_op", parents=("p1",))
+    q = store.proposal(new)
+    assert q is not None and (q.kind, q.proposer, q.operator) == ("mutation", "builtin", "swap_op")
+    assert q.files == ["a.py"] and q.parents == ("p1",) and q.updated_at >= q.created_at
+    assert store.proposal(999) is None
+    assert [x.id for x in store.proposals("r", status="rejected")] == [new]
+    with pytest.raises(ValueError, match=r"unknown proposal fields \['id', 'run'\]"):
+        store.update_proposal(new, id=5, run="other")
+    with pytest.raises(ValueError, match="unknown run fields"):
+        store.update_run("r", task_path="/elsewhere")
+    store.close()
+
+
+def test_a_merge_by_id_and_its_proposals_two_parents(tmp_path: Path) -> None:
+    store = Store(tmp_path / "run.db")
+    pid = store.add_proposal("r", 3, "merge", "a", ["v1"], 1.0)  # as the engine calls it: one parent given
+    store.add_merge(pid, "r", "a", "b", "base", 1.0, 0.5)
+    store.update_merge(pid, conflicts=1, resolution="builtin", contributions=[{"path": "x.py", "from": "b"}])
+    m = store.merge(pid)
+    assert m is not None and (m.parent_a, m.parent_b, m.base, m.conflicts) == ("a", "b", "base", 1)
+    assert m.contributions == [{"path": "x.py", "from": "b"}] and store.merges("r") == [m]
+    p = store.proposal(pid)
+    assert p is not None and p.parents == ("a", "b") and p.proposer == "merge"
+    assert store.merge(pid + 1) is None
+    store.close()

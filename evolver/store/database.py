@@ -1,0 +1,112 @@
+"""The Store: one SQLite file (WAL mode) holding a run's tasks, candidates, evaluations and run records.
+
+An evaluation row is keyed by (task digest, tree sha, instance, repeat): the same files under the same
+evaluator are never run twice unless asked (`--no-cache`). Rows are written one batch at a time in a
+transaction, so a killed process loses at most the batch in flight. Opening a file brings its schema up to
+date first (schema.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .records import RunRecords
+from .rows import CandidateRow, EvaluationRow, columns, encode, from_row, select
+from .schema import migrate
+
+# The evaluation columns a row writes, after the key (task_digest, tree); created_at is the time of saving.
+_EVALUATION_COLUMNS = tuple(c for c in columns(EvaluationRow) if c != "created_at")
+
+
+class Store(RunRecords):
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row  # every read goes by column name
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._lock:
+                self.upgraded = migrate(self._db, self.path)  # the schema versions this open applied
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- tasks and candidates ------------------------------------------------------------------------
+    def record_task(self, digest: str, name: str, path: str, config: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO tasks (digest, name, path, config, created_at) VALUES (?,?,?,?,?)",
+                (digest, name, path, json.dumps(config, default=str), time.time()))
+
+    def record_candidate(self, run: str, sha: str, tree: str, branch: str | None, parents: Iterable[str],
+                         kind: str) -> CandidateRow:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO candidates (run, sha, tree, branch, parents, kind, created_at) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (run, sha, tree, branch, encode("candidates", {"parents": tuple(parents)})["parents"], kind,
+                 time.time()))
+            if branch is not None:
+                self._db.execute("UPDATE candidates SET branch=? WHERE sha=?", (branch, sha))
+        found = self.candidate(sha)
+        assert found is not None
+        return found
+
+    def candidate(self, sha: str) -> CandidateRow | None:
+        with self._lock:
+            r = self._db.execute(select(CandidateRow, "candidates") + " WHERE sha=?", (sha,)).fetchone()
+        return None if r is None else from_row(CandidateRow, r)
+
+    def candidates(self, run: str | None = None) -> list[CandidateRow]:
+        q, args = select(CandidateRow, "candidates"), ()
+        if run is not None:
+            q, args = q + " WHERE run=?", (run,)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY id", args).fetchall()
+        return [from_row(CandidateRow, r) for r in rows]
+
+    # -- evaluations ---------------------------------------------------------------------------------
+    def cached(self, task_digest: str, tree: str, instances: Iterable[str]) -> dict[tuple[str, int], EvaluationRow]:
+        wanted = set(instances)
+        with self._lock:
+            rows = self._db.execute(select(EvaluationRow, "evaluations") + " WHERE task_digest=? AND tree=?",
+                                    (task_digest, tree)).fetchall()
+        found = (from_row(EvaluationRow, r) for r in rows if r["instance"] in wanted)
+        return {(e.instance, e.repeat): e for e in found}
+
+    def save_evaluations(self, task_digest: str, tree: str, rows: Iterable[EvaluationRow]) -> None:
+        now = time.time()
+        values = []
+        for r in rows:
+            fields = encode("evaluations", {c: getattr(r, c) for c in _EVALUATION_COLUMNS})
+            fields["trusted"] = int(r.trusted)
+            values.append((task_digest, tree, *fields.values(), now))
+        names = ("task_digest", "tree", *_EVALUATION_COLUMNS, "created_at")
+        sql = (f"INSERT OR REPLACE INTO evaluations ({', '.join(names)}) "
+               f"VALUES ({', '.join('?' for _ in names)})")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, values)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def evaluation_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0])
