@@ -144,6 +144,10 @@ def evaluate(
         results=tuple(results), wall_s=time.monotonic() - started, notes=tuple(notes))
 
 
+SINGLE_TASK_ID = "task"  # the one instance of single-task search
+MODES = ("single-task", "multi-task", "generalization")
+
+
 @dataclass(frozen=True)
 class OptimizeResult:
     """What `optimize` returns: the best candidate (its text, or its files), the frontier, lineage, totals."""
@@ -159,11 +163,20 @@ class OptimizeResult:
     evals: int
     usd: float
     seconds: float
+    mode: str = "generalization"  # single-task | multi-task | generalization
+    best_per_instance: dict[str, str] = field(default_factory=dict)  # instance id -> branch of its best candidate
 
 
-def _write_function_task(root: Path, seed: str | Path, trainset: Sequence[Any], valset: Sequence[Any],
-                         objective: str, background: str, file_name: str) -> tuple[dict[str, Any], str | None]:
-    """A task folder for a seed text or folder evaluated by a Python function; returns (examples, single file)."""
+def search_mode(trainset: Sequence[Any], valset: Sequence[Any]) -> str:
+    """GEPA's three modes of optimize_anything: one problem, a dataset, or a dataset with a validation set."""
+    if valset and not trainset:
+        raise UserInputError("optimize: valset= needs a trainset= (the examples to learn from)")
+    return "generalization" if valset else "multi-task" if trainset else "single-task"
+
+
+def _write_function_task(root: Path, seed: str | Path, examples: dict[str, Any], objective: str, background: str,
+                         file_name: str) -> str | None:
+    """A task folder for a seed text or folder evaluated by a Python function; returns the single file's name."""
     import json
     import shutil
     import tomllib
@@ -181,12 +194,12 @@ def _write_function_task(root: Path, seed: str | Path, trainset: Sequence[Any], 
         seed_dir.mkdir(parents=True)
         (seed_dir / file_name).write_text(seed, encoding="utf-8")
         single, mutable = file_name, [file_name]
-    examples = {f"train-{i}": x for i, x in enumerate(trainset)} | {f"val-{i}": x for i, x in enumerate(valset)}
     # The examples' digest is part of the task: other examples, other cache key.
     (root / "examples.digest").write_text(_examples_digest(examples))
-    (root / "instances.toml").write_text(
-        f"train = {json.dumps([k for k in examples if k.startswith('train-')])}\n"
-        f"val = {json.dumps([k for k in examples if k.startswith('val-')])}\n")
+    train = [k for k in examples if not k.startswith("val-")]
+    val = [k for k in examples if k.startswith("val-")]
+    (root / "instances.toml").write_text(f"train = {json.dumps(train)}\n" + (f"val = {json.dumps(val)}\n"
+                                                                              if val else ""))
     (root / "evaluate.py").write_text(
         '"""Evaluated by the Python function given to evolver.optimize(); nothing runs from this file."""\n\n'
         "def produce(inputs):\n    raise RuntimeError('evaluated by a Python function')\n\n\n"
@@ -195,7 +208,7 @@ def _write_function_task(root: Path, seed: str | Path, trainset: Sequence[Any], 
             f"objective = {json.dumps(objective)}\nbackground = {json.dumps(background)}\n")
     tomllib.loads(toml)  # what we write must be what we read
     (root / "task.toml").write_text(toml)
-    return examples, single
+    return single
 
 
 def _examples_digest(examples: dict[str, Any]) -> str:
@@ -208,13 +221,14 @@ def optimize(
     task: str | Path | None = None,
     *,
     seed: str | Path | None = None,
-    evaluator: Callable[[Any, Any], Any] | None = None,
+    evaluator: Callable[..., Any] | None = None,
     trainset: Sequence[Any] = (),
     valset: Sequence[Any] = (),
     objective: str = "",
     background: str = "",
     model: str,
     api_base: str | None = None,
+    proposer: str | None = None,
     budget: Any = None,
     max_evals: int | None = None,
     max_usd: float | None = None,
@@ -222,65 +236,83 @@ def optimize(
     run_dir: str | Path | None = None,
     loop: Any = None,
     lessons: str | None = None,
+    prompts: str | Path | None = None,
     on_event: Callable[[Any], None] | None = None,
     file_name: str = "candidate.txt",
 ) -> OptimizeResult:
-    """Evolve a task folder (`task=`), or a seed text/folder scored by `evaluator(candidate, example)` returning
-    a score or `(score, side_info)` over `trainset`/`valset` (a text seed's candidate is its text; a folder's is
-    a dict path -> text). An existing `run_dir` is resumed."""
+    """Evolve a task folder (`task=`), or a seed text/folder scored by a Python function, in one of three modes:
+
+    - single-task search (no dataset): `evaluator(candidate)` scores one hard problem;
+    - multi-task search (`trainset=` only): `evaluator(candidate, example)` per example; candidates are validated
+      on the whole dataset, a candidate best on one example is a parent for the others, and the result holds
+      the best candidate per example (`best_per_instance`);
+    - generalization (`trainset=` and `valset=`): learn on train, select on val.
+
+    The evaluator returns a score or `(score, side_info)`. A text seed's candidate is its text; a folder's is a
+    dict path -> text. An existing `run_dir` is resumed."""
     from .engine.budget import Budget
     from .function_eval import FunctionEvaluator
     from .runs import ModelConfig, resume_run, start_run
 
     if (task is None) == (seed is None):
         raise UserInputError("optimize: expected exactly one of task= (a task folder) or seed= (text or folder)")
-    if seed is not None and (evaluator is None or not trainset or not valset):
-        raise UserInputError("optimize: a seed needs evaluator=, and non-empty trainset= and valset=")
+    if seed is not None and evaluator is None:
+        raise UserInputError("optimize: a seed needs evaluator= (a function scoring a candidate)")
+    mode = search_mode(trainset, valset)
     budget = budget or Budget(max_evals=max_evals, max_usd=max_usd, max_iterations=max_iterations)
-    model_cfg = ModelConfig(model=model, api_base=api_base)
     make_evaluator = None
+    single: str | None = None
     if seed is not None:
         path = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_DIR / "optimize"
-        examples, single = _write_function_task(path / "task", Path(seed) if isinstance(seed, Path) else seed,
-                                                trainset, valset, objective, background, file_name)
+        examples: dict[str, Any] = ({SINGLE_TASK_ID: None} if mode == "single-task" else
+                                    {f"train-{i}": x for i, x in enumerate(trainset)}
+                                    | {f"val-{i}": x for i, x in enumerate(valset)})
+        single = _write_function_task(path / "task", Path(seed) if isinstance(seed, Path) else seed, examples,
+                                      objective, background, file_name)
         task = path / "task"
         assert evaluator is not None
+        with_example = mode != "single-task"
 
         def make_evaluator(t: Task, store: Store) -> FunctionEvaluator:
-            return FunctionEvaluator(evaluator, examples, store, t.digest, single)
+            return FunctionEvaluator(evaluator, examples, store, t.digest, single, with_example=with_example)
     else:
         path = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_DIR / load_task(task).name
     if (path / "run.db").exists():
         result = resume_run(path, budget=budget, on_event=on_event, make_evaluator=make_evaluator)
     else:
-        result = start_run(task, model_cfg, budget, run_dir=path, loop=loop, lessons=lessons, on_event=on_event,
-                           make_evaluator=make_evaluator)
-    return _optimize_result(result, path, single if seed is not None else None)
+        result = start_run(task, ModelConfig(model=model, api_base=api_base), budget, run_dir=path, loop=loop,
+                           lessons=lessons, on_event=on_event, make_evaluator=make_evaluator, proposer=proposer,
+                           prompts=str(prompts) if prompts is not None else None)
+    return _optimize_result(result, path, single, mode if seed is not None else _task_mode(path))
 
 
-def _optimize_result(result: Any, path: Path, single: str | None) -> OptimizeResult:
-    repo = RunRepo.open_or_init(path / "repo")
-    store = Store(path / "run.db")
-    try:
-        def branch(sha: str) -> str:
-            c = store.candidate(sha)
-            return (c.branch if c and c.branch else sha[:12])
+def _task_mode(path: Path) -> str:
+    from .run_state import read_state
 
-        lineage: list[str] = []
-        sha = result.best
-        while sha:
-            lineage.append(branch(sha))
-            parents = repo.info(sha).parents
-            sha = parents[0] if parents else None
-        best_files = {k: v.decode("utf-8", errors="replace") for k, v in repo.read_files(result.best).items()} \
-            if result.best else None
-    finally:
-        store.close()
-    best: str | dict[str, str] | None = best_files
-    if single is not None and best_files is not None:
-        best = best_files.get(single)
+    instances = read_state(path).task.instances
+    return search_mode(instances.train if instances else (), instances.val if instances else ())
+
+
+def _optimize_result(result: Any, path: Path, single: str | None, mode: str) -> OptimizeResult:
+    """The run's result as read from its store, the same reader `evolver status` uses."""
+    from .run_state import read_state
+
+    state = read_state(path)
+    best = state.best()
+
+    def branch(sha: str) -> str:
+        return state.branches.get(sha, sha[:12])
+
+    files = None
+    if best is not None:
+        repo = RunRepo.open_or_init(path / "repo")
+        files = {k: v.decode("utf-8", errors="replace") for k, v in repo.read_files(best).items()}
+    shown: str | dict[str, str] | None = files.get(single) if single is not None and files is not None else files
+    per_instance = {i: branch(c[0]) for i, c in state.standings.best_per_instance().items()} \
+        if mode != "generalization" else {}
     return OptimizeResult(
-        run_dir=str(path), stop_reason=result.stop_reason, best_branch=result.best_branch, best=best,
-        best_objectives=result.best_objectives, frontier=result.frontier_branches,
-        lineage=tuple(reversed(lineage)), iterations=result.iterations, evals=result.evals, usd=result.usd,
-        seconds=result.seconds)
+        run_dir=str(path), stop_reason=result.stop_reason, best_branch=branch(best) if best else None, best=shown,
+        best_objectives=state.standings.best_objectives(),
+        frontier=tuple(branch(m) for m in state.standings.frontier().members),
+        lineage=tuple(branch(s) for s in state.lineage(best)) if best else (), iterations=result.iterations,
+        evals=result.evals, usd=result.usd, seconds=result.seconds, mode=mode, best_per_instance=per_instance)

@@ -41,6 +41,7 @@ class InstanceResult:
     trusted: bool = True
     backend: str = ""
     repeats: int = 1
+    frames: tuple[dict[str, Any], ...] = ()  # the failing traceback's frames in candidate files, innermost last
 
     @property
     def ok(self) -> bool:
@@ -131,6 +132,8 @@ def cache_key(task: Task) -> str:
 
 class CandidateEvaluator(Protocol):
     """What the loop needs of an evaluator: the sandbox one below, or a Python function (function_eval.py)."""
+
+    cache_key: str  # what its results are stored under: another evaluator, other results
 
     def missing(self, candidate: CandidateRef, instances: Sequence[str]) -> int: ...
 
@@ -228,10 +231,14 @@ class Evaluator:
     def _rows(self, run: SandboxRun, batch: list[tuple[str, str | None, int]], trusted: bool) -> list[EvaluationRow]:
         if not run.ok or (run.payload or {}).get("error"):
             return _sandbox_failure_rows(run, batch)
-        by_id = {str(r.get("instance")): r for r in (run.payload or {}).get("results", [])}
+        # A batch may hold several repeats of one instance: each result is one run, taken in order (keyed by id
+        # alone, every repeat would get the same record and the median over repeats would be the last run).
+        by_id: dict[str, list[dict[str, Any]]] = {}
+        for r in (run.payload or {}).get("results", []):
+            by_id.setdefault(str(r.get("instance")), []).append(r)
         rows = []
         for instance, split, repeat in batch:
-            rec = by_id.get(instance)
+            rec = by_id[instance].pop(0) if by_id.get(instance) else None
             if rec is None:
                 rows.extend(_sandbox_failure_rows(run, [(instance, split, repeat)]))
                 continue

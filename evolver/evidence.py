@@ -1,8 +1,11 @@
-"""Side information condensed to text under a size budget: what a reader (human or LLM) needs first.
+"""Side information as records (`Evidence`), and as text under a size budget for a reader (human or LLM).
 
-Failures come first, worst status first; identical failures are folded into one entry with a count and
-the instances it hit; long text keeps its head and tail; profile hot spots become a short table.
-Everything here is candidate output: callers fence it as untrusted data.
+`gather` folds a batch's results into an `Evidence` record: the scores, failures grouped (identical failures
+folded into one entry with a count and the instances it hit, worst status first) with their structured
+traceback frames, the feedback of passing instances, and the profile hot spots of candidate files. Proposers
+read the record; `render` (and `condense`, both at once) make text of it where a person or an LLM reads it:
+long text keeps its head and tail, hot spots become a short table. Everything here is candidate output:
+callers fence it as untrusted data.
 """
 
 from __future__ import annotations
@@ -35,10 +38,55 @@ def clip(text: str, limit: int) -> str:
 
 
 @dataclass(frozen=True)
+class Frame:
+    """A traceback frame in a candidate file (path relative to the candidate's root)."""
+
+    file: str
+    line: int
+    function: str
+
+
+@dataclass(frozen=True)
 class FailureGroup:
     status: str
     text: str
     instances: tuple[str, ...]
+    frames: tuple[Frame, ...] = ()  # of the first instance of the group, outermost first
+
+
+@dataclass(frozen=True)
+class HotSpot:
+    """Time spent in one candidate function, summed over instances (cProfile)."""
+
+    function: str  # as shown: "path:line(name)"
+    ncalls: float
+    tottime_s: float
+    cumtime_s: float
+    file: str | None = None  # structured location (None in results stored by older harnesses)
+    line: int | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    scores: tuple[tuple[str, str, float], ...] = ()  # (instance, status, score)
+    failures: tuple[FailureGroup, ...] = ()
+    passing_feedback: tuple[tuple[str, float, str], ...] = ()  # (instance, score, feedback), lowest score first
+    hot_spots: tuple[HotSpot, ...] = ()  # by cumulative time, largest first
+
+    def named_functions(self) -> set[str]:
+        """Names of candidate functions the evidence points at: failing frames, then hot spots."""
+        return {f.function for g in self.failures for f in g.frames} | {h.name for h in self.hot_spots if h.name}
+
+
+def frames_of(result: InstanceResult) -> tuple[Frame, ...]:
+    out = []
+    for f in getattr(result, "frames", ()) or ():
+        try:
+            out.append(Frame(str(f["file"]), int(f["line"]), str(f["function"])))
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed frame says nothing
+    return tuple(out)
 
 
 def _fold_key(r: InstanceResult) -> str:
@@ -52,45 +100,71 @@ def group_failures(results: Sequence[InstanceResult]) -> list[FailureGroup]:
     for r in results:
         if not r.ok:
             groups.setdefault(_fold_key(r), []).append(r)
-    out = [FailureGroup(rs[0].status, rs[0].feedback or "(no feedback)", tuple(x.instance for x in rs))
-           for rs in groups.values()]
+    out = [FailureGroup(rs[0].status, rs[0].feedback or "(no feedback)", tuple(x.instance for x in rs),
+                        frames_of(rs[0])) for rs in groups.values()]
     out.sort(key=lambda g: (SEVERITY.get(g.status, 50), -len(g.instances)))
     return out
 
 
-def hot_spot_table(results: Sequence[InstanceResult], top: int = 8) -> str:
-    """Cumulative time per candidate function, summed over instances."""
+def hot_spots(results: Sequence[InstanceResult], top: int = 8) -> tuple[HotSpot, ...]:
+    """Candidate functions by cumulative time, summed over instances."""
     total: dict[str, list[float]] = {}
+    where: dict[str, tuple[str | None, int | None, str | None]] = {}
     for r in results:
         for row in r.profile:
-            agg = total.setdefault(str(row.get("function")), [0.0, 0.0, 0.0])
-            agg[0] += float(row.get("ncalls", 0))
-            agg[1] += float(row.get("tottime_s", 0.0))
-            agg[2] += float(row.get("cumtime_s", 0.0))
-    if not total:
-        return ""
+            key = str(row.get("function"))
+            agg = total.setdefault(key, [0.0, 0.0, 0.0])
+            agg[0] += float(row.get("ncalls", 0) or 0)
+            agg[1] += float(row.get("tottime_s", 0.0) or 0.0)
+            agg[2] += float(row.get("cumtime_s", 0.0) or 0.0)
+            line = row.get("line")
+            where.setdefault(key, (row.get("file"), line if isinstance(line, int) else None, row.get("name")))
     rows = sorted(total.items(), key=lambda kv: -kv[1][2])[:top]
+    return tuple(HotSpot(f, n, t, c, *where[f]) for f, (n, t, c) in rows)
+
+
+def hot_spot_text(spots: Sequence[HotSpot]) -> str:
+    if not spots:
+        return ""
     lines = ["cumtime_s  tottime_s      calls  function"]
-    lines += [f"{c:9.4f}  {t:9.4f}  {int(n):9d}  {f}" for f, (n, t, c) in rows]
+    lines += [f"{h.cumtime_s:9.4f}  {h.tottime_s:9.4f}  {int(h.ncalls):9d}  {h.function}" for h in spots]
     return "\n".join(lines)
+
+
+def hot_spot_table(results: Sequence[InstanceResult], top: int = 8) -> str:
+    """Cumulative time per candidate function, summed over instances, as a table."""
+    return hot_spot_text(hot_spots(results, top))
+
+
+def gather(results: Sequence[InstanceResult]) -> Evidence:
+    passing = sorted((r for r in results if r.ok and r.feedback.strip()), key=lambda r: r.score)
+    return Evidence(scores=tuple((r.instance, r.status, r.score) for r in results),
+                    failures=tuple(group_failures(results)),
+                    passing_feedback=tuple((r.instance, r.score, r.feedback) for r in passing),
+                    hot_spots=hot_spots(results))
 
 
 def condense(results: Sequence[InstanceResult], budget: int = 6000, per_item: int = 1500,
              include_ok_feedback: bool = True) -> str:
     """The side information of a batch as text of at most about `budget` characters."""
+    return render(gather(results), budget, per_item, include_ok_feedback)
+
+
+def render(ev: Evidence, budget: int = 6000, per_item: int = 1500, include_ok_feedback: bool = True) -> str:
+    """An `Evidence` record as text of at most about `budget` characters (failures first)."""
     parts: list[str] = []
-    n_fail = sum(1 for r in results if not r.ok)
-    parts.append(f"{len(results)} instances, {n_fail} failed; scores: "
-                 + ", ".join(f"{r.instance}={r.score:.4g}" for r in results[:20])
-                 + (" ..." if len(results) > 20 else ""))
-    for g in group_failures(results):
+    n_fail = sum(1 for _, status, _ in ev.scores if status != "ok")
+    parts.append(f"{len(ev.scores)} instances, {n_fail} failed; scores: "
+                 + ", ".join(f"{i}={score:.4g}" for i, _, score in ev.scores[:20])
+                 + (" ..." if len(ev.scores) > 20 else ""))
+    for g in ev.failures:
         who = ", ".join(g.instances[:6]) + (f" and {len(g.instances) - 6} more" if len(g.instances) > 6 else "")
         count = f" x{len(g.instances)}" if len(g.instances) > 1 else ""
         parts.append(f"[{g.status}{count}] {who}\n{clip(g.text.strip(), per_item)}")
     if include_ok_feedback:
-        for r in sorted((r for r in results if r.ok and r.feedback.strip()), key=lambda r: r.score):
-            parts.append(f"[ok] {r.instance} (score {r.score:.4g})\n{clip(r.feedback.strip(), per_item // 2)}")
-    table = hot_spot_table(results)
+        for instance, score, feedback in ev.passing_feedback:
+            parts.append(f"[ok] {instance} (score {score:.4g})\n{clip(feedback.strip(), per_item // 2)}")
+    table = hot_spot_text(ev.hot_spots)
     if table:
         table = "Profile hot spots (candidate files, summed over instances):\n" + table
         budget -= len(table)  # the profile is always kept: it is the cheapest pointer to slow code

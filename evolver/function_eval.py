@@ -1,5 +1,6 @@
 """Evaluation by a plain Python function, for `evolver.optimize(seed=..., evaluator=fn)` (GEPA's
-optimize_anything style): `fn(candidate, example) -> score` or `(score, side_info)`.
+optimize_anything style): `fn(candidate, example) -> score` or `(score, side_info)`, or `fn(candidate)` for
+single-task search (one problem, no dataset).
 
 The function runs in evolver's own process: meant for candidates that are text (prompts, configurations,
 instructions) whose evaluation the user controls. A candidate that is code to be run belongs in a task folder,
@@ -55,9 +56,10 @@ def function_key(fn: EvaluatorFn, digest: str) -> str:
 
 
 class FunctionEvaluator:
-    def __init__(self, fn: EvaluatorFn, examples: Mapping[str, Any], store: Store, digest: str,
-                 single_file: str | None) -> None:
+    def __init__(self, fn: Callable[..., Any], examples: Mapping[str, Any], store: Store, digest: str,
+                 single_file: str | None, *, with_example: bool = True) -> None:
         self.fn, self.examples, self.store, self.single_file = fn, examples, store, single_file
+        self.with_example = with_example  # False: single-task search, fn(candidate) scores the one problem
         self.cache_key = function_key(fn, digest)
 
     def missing(self, candidate: CandidateRef, instances: Sequence[str]) -> int:
@@ -71,7 +73,7 @@ class FunctionEvaluator:
         cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         status, objectives, feedback = "ok", {}, ""
         try:
-            out = self.fn(candidate, self.examples[instance])
+            out = self.fn(candidate, self.examples[instance]) if self.with_example else self.fn(candidate)
             score, info = (out if isinstance(out, tuple) and len(out) == 2 else (out, None))
             score = float(score)
             if isinstance(info, Mapping) and isinstance(info.get("objectives"), Mapping):

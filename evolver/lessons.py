@@ -29,16 +29,11 @@ class Lesson:
     change: str
     outcome: str  # accepted | rejected | failed
     reason: str  # accepted | worse | noop | patch_failed | syntax | crashed | llm_error ...
-    delta: float | None = None  # child minus parent on the minibatch
+    delta: float | None = None  # child minus the sum it had to beat, on the instances it was judged on
     created_at: float = field(default_factory=time.time)
-
-    def line(self) -> str:
-        delta = f" {self.delta:+.4g}" if self.delta is not None else ""
-        files = ", ".join(self.files) or "-"
-        text = f"[{self.outcome}: {self.reason}{delta}] ({files}) diagnosis: {self.diagnosis.strip()}"
-        if self.change.strip():
-            text += f" | change: {self.change.strip()}"
-        return " ".join(text.split())
+    kind: str = "mutation"  # mutation | merge
+    proposer: str = ""  # the registered proposer that made it ("" in lessons written before it was recorded)
+    operator: str = ""  # the proposer's own label for the kind of change (the builtin's mutation kinds)
 
 
 class LessonLog:
@@ -80,7 +75,8 @@ class LessonLog:
         for raw in data[:end].decode("utf-8", errors="replace").splitlines():
             try:
                 d = json.loads(raw)
-                self._parsed.append(Lesson(**{**d, "files": tuple(d["files"]),
+                known = {k: v for k, v in d.items() if k in Lesson.__dataclass_fields__}
+                self._parsed.append(Lesson(**{**known, "files": tuple(d["files"]),
                                               "failure_kinds": tuple(d["failure_kinds"])}))
             except (ValueError, TypeError, KeyError):
                 continue  # a torn or foreign line
@@ -88,23 +84,15 @@ class LessonLog:
 
 
 def relevant(lessons: Sequence[Lesson], files: Iterable[str], failure_kinds: Iterable[str],
-             budget: int = 2500) -> str:
-    """The lessons that matter for a parent touching `files` and failing with `failure_kinds`, as lines."""
+             limit: int = 12) -> tuple[Lesson, ...]:
+    """The lessons that matter most for a parent touching `files` and failing with `failure_kinds`: sharing
+    files and failure kinds ranks first, recency breaks ties and favours the newest."""
     files, kinds = set(files), set(failure_kinds)
     n = len(lessons)
 
     def rank(item: tuple[int, Lesson]) -> float:
         i, lesson = item
         shared = 2 * len(files & set(lesson.files)) + 2 * len(kinds & set(lesson.failure_kinds))
-        return shared + (i + 1) / max(n, 1)  # recency breaks ties and favours the newest
+        return shared + (i + 1) / max(n, 1)
 
-    lines, used = [], 0
-    for _, lesson in sorted(enumerate(lessons), key=rank, reverse=True):
-        line = "- " + lesson.line()
-        if len(line) > 600:
-            line = line[:597] + "..."
-        if used + len(line) > budget:
-            break
-        lines.append(line)
-        used += len(line) + 1
-    return "\n".join(lines)
+    return tuple(lesson for _, lesson in sorted(enumerate(lessons), key=rank, reverse=True)[:limit])

@@ -11,11 +11,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .config import BUILTIN_MODEL, DEFAULT_PROPOSER, Defaults
 from .engine.budget import Budget
 from .engine.loop import Engine, Event, LoopConfig
 from .errors import UserInputError
 from .evaluation import CandidateEvaluator, Evaluator
 from .lessons import LessonLog
+from .proposers.base import Proposer
+from .registry import PROPOSERS
 from .repo import RunRepo, seed_branch
 from .sandbox import task_sandbox
 from .store import Store
@@ -26,10 +29,10 @@ from .task import Task, load_task
 class ModelConfig:
     model: str
     api_base: str | None = None
-    temperature: float = 0.7
-    max_tokens: int = 4096
-    repair_turns: int = 2
-    timeout_s: float = 120.0
+    temperature: float = Defaults.temperature
+    max_tokens: int = Defaults.max_tokens
+    repair_turns: int = Defaults.repair_turns
+    timeout_s: float = Defaults.llm_timeout_s
     cache_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -51,7 +54,7 @@ class RunResult:
     seconds: float
 
 
-BUILTIN = "builtin"  # the LLM-free mutation proposer
+BUILTIN = BUILTIN_MODEL  # the LLM-free mutation proposer
 NO_MODEL = ("--model: expected a litellm model string (e.g. openai/gpt-4.1-mini with OPENAI_API_KEY set, "
             "anthropic/... with ANTHROPIC_API_KEY, gemini/... with GEMINI_API_KEY), or openai/NAME with "
             "--api-base URL for a local OpenAI-compatible server (Ollama, vLLM), or builtin for the LLM-free "
@@ -71,23 +74,31 @@ def check_model(model: ModelConfig) -> None:
         raise UserInputError(problem)
 
 
-def _make_proposer(model: ModelConfig, store: Store, run: str):
-    """The run's proposer and merger: both use the same LLM (or, with builtin, none)."""
+def proposer_name(model: ModelConfig, proposer: str | None) -> str:
+    """The proposer a run uses: the one named, else the builtin one for --model builtin, else the LLM's."""
+    return proposer or ("builtin" if model.model == BUILTIN else DEFAULT_PROPOSER)
+
+
+def _make_proposers(model: ModelConfig, store: Store, run: str, proposer: str | None,
+                    prompts: str | None) -> tuple[Proposer, Proposer]:
+    """The run's proposer (from the registry) and its merger: both use the same LLM (or, with builtin, none)."""
     check_model(model)
-    from .proposers.merge import LLMResolver, Merger, ScoreResolver
+    from .proposers.base import ProposerSettings
+    from .proposers.merge import LLMResolver, MergeProposer, ScoreResolver
+    from .proposers.prompts import load_prompts
 
-    if model.model == BUILTIN:
-        from .proposers.builtin import BuiltinProposer
+    templates = load_prompts(prompts)
+    factory = PROPOSERS.get(proposer_name(model, proposer))  # an unknown name fails here, before any call
+    llm = None
+    if model.model != BUILTIN:
+        from .llm import LLM, LLMConfig
 
-        return BuiltinProposer(), Merger(ScoreResolver())
-    from .llm import LLM, LLMConfig
-    from .proposers.reflective import ReflectiveProposer
-
-    llm = LLM(LLMConfig(model=model.model, api_base=model.api_base, temperature=model.temperature,
-                        max_tokens=model.max_tokens, timeout_s=model.timeout_s, cache_dir=model.cache_dir),
-              on_call=lambda record: store.record_llm_call(run, None, record))
-    return (ReflectiveProposer(llm, repair_turns=model.repair_turns),
-            Merger(LLMResolver(llm, repair_turns=model.repair_turns)))
+        llm = LLM(LLMConfig(model=model.model, api_base=model.api_base, temperature=model.temperature,
+                            max_tokens=model.max_tokens, timeout_s=model.timeout_s, cache_dir=model.cache_dir),
+                  on_call=lambda record: store.record_llm_call(run, None, record))
+    made = factory(ProposerSettings(model=model.model, llm=llm, repair_turns=model.repair_turns, prompts=templates))
+    resolver = ScoreResolver() if llm is None else LLMResolver(llm, model.repair_turns, templates)
+    return made, MergeProposer(resolver)
 
 
 EvaluatorFactory = Callable[[Task, Store], CandidateEvaluator]
@@ -127,7 +138,8 @@ def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | Non
     loop = LoopConfig(**cfg["loop"])
     if workers:  # `resume --workers N`: this session only
         loop = replace(loop, workers=workers)
-    proposer, merger = _make_proposer(model, store, name)
+    chosen = cfg.get("proposer", {})
+    proposer, merger = _make_proposers(model, store, name, chosen.get("name"), chosen.get("prompts"))
     engine = Engine(task=task, run=name, repo=repo, store=store, evaluator=evaluator, proposer=proposer,
                     lessons=LessonLog(cfg["lessons"]), budget=budget, config=loop, on_event=on_event,
                     usd_spent=lambda: store.llm_totals(name)["usd"], merger=merger)
@@ -153,7 +165,7 @@ def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None
         return cand.branch if cand and cand.branch else sha[:12]
 
     best = engine.best()
-    members = engine.frontier().members
+    members = engine.standings.frontier().members
     return RunResult(run_dir=str(run_dir), stop_reason=reason, best=best, best_branch=branch(best) if best else None,
                      best_objectives=engine.best_objectives(), frontier=members,
                      frontier_branches=tuple(branch(m) for m in members),
@@ -164,12 +176,17 @@ def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None
 def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_dir: str | Path | None = None,
               loop: LoopConfig | None = None, lessons: str | None = None,
               on_event: Callable[[Event], None] | None = None,
-              make_evaluator: EvaluatorFactory | None = None) -> RunResult:
+              make_evaluator: EvaluatorFactory | None = None, proposer: str | None = None,
+              prompts: str | None = None) -> RunResult:
     task = load_task(task_path)
-    if task.instances is None or not task.instances.train or not task.instances.val:
-        raise UserInputError(f"{task.root / 'task.toml'}: [evaluate] instances: expected train and val instances "
-                             "for an evolution run, found none in one of them")
+    if task.instances is None or not task.instances.train:
+        raise UserInputError(f"{task.root / 'task.toml'}: [evaluate] instances: expected train instances (and val "
+                             "instances to generalise to) for an evolution run, found none")
     check_model(model)  # before anything is written
+    PROPOSERS.get(proposer_name(model, proposer))
+    from .proposers.prompts import load_prompts
+
+    load_prompts(prompts)
     if not any(v is not None for v in (budget.max_evals, budget.max_usd, budget.max_seconds, budget.max_iterations)):
         raise UserInputError("budget: expected at least one of --budget-evals, --budget-usd, --budget-minutes, "
                              "--max-iterations, found none (a run needs a limit)")
@@ -186,8 +203,11 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
                 raise UserInputError(f"{path}: expected a new run directory or a run of the same task and model, "
                                      f"found a run of {existing.task_path} with {existing.config['model']['model']}; "
                                      "pick another --run")
-            if loop is not None:
-                stored, given = existing.config.get("loop", {}), loop.to_json()
+            if loop is not None or proposer is not None:
+                stored = {**existing.config.get("loop", {}),
+                          "proposer": existing.config.get("proposer", {}).get("name", proposer_name(model, None))}
+                given = {**(loop.to_json() if loop is not None else {}),
+                         **({"proposer": proposer_name(model, proposer)} if proposer is not None else {})}
                 changed = sorted(k for k in given if k != "workers" and k in stored and stored[k] != given[k])
                 if changed:
                     shown = ", ".join(f"{k}: run has {stored[k]!r}, given {given[k]!r}" for k in changed)
@@ -204,7 +224,9 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
                       merge=task.evolve.merge, max_merges=task.evolve.max_merges)
                   ).to_json(),
                   "lessons": str(Path(lessons).resolve()) if lessons else str((path / "lessons.jsonl").resolve()),
-                  "function_evaluator": make_evaluator is not None}
+                  "function_evaluator": make_evaluator is not None,
+                  "proposer": {"name": proposer_name(model, proposer),
+                               "prompts": str(Path(prompts).resolve()) if prompts else None}}
         store.create_run(name, str(task.root), task.digest, config)
         return _drive(path, store, on_event, None, None, make_evaluator)
     finally:

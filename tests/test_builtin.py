@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from evolver.evaluation import InstanceResult
+from evolver.evidence import gather
 from evolver.lessons import Lesson, relevant
-from evolver.proposers.base import ProposalContext
+from evolver.proposers.base import ParentInfo, ProposalContext, TriedAttempt
 from evolver.proposers.builtin import BuiltinProposer, Preferences, mutate_source, read_evidence, read_preferences
 from evolver.task import Task, load_task
 
@@ -57,6 +58,8 @@ def slow(n, m):
 '''
 TRACEBACK = ('Traceback (most recent call last):\n  File "evaluate.py", line 40, in produce\n'
              '  File "candidate/work.py", line 9, in slow\nZeroDivisionError: division by zero')
+# What the harness reports beside that text: the frames in candidate files, innermost last.
+FRAMES = ({"file": "work.py", "line": 9, "function": "slow"},)
 
 KIND_OF = {"perturb": "perturb", "swap operator": "swap_op", "swap comparison": "swap_op", "replace": "replace",
            "combine": "combine", "negate": "branch", "swap if/else": "branch", "swap branches": "branch",
@@ -69,23 +72,29 @@ def task() -> Task:
 
 
 def _ctx(task: Task, files: dict[str, str], results: list[InstanceResult] | None = None,
-         tried: tuple[str, ...] = (), lessons: str = "") -> ProposalContext:
-    return ProposalContext(task=task, parent_sha="0" * 40, parent_files=files, results=results or [],
-                           evidence="", lessons=lessons, tried=tried)
+         tried: tuple[TriedAttempt, ...] = (), lessons: tuple[Lesson, ...] = ()) -> ProposalContext:
+    parent = ParentInfo(sha="0" * 40, label="seed", files={p: t.encode() for p, t in files.items()}, texts=files,
+                        results=tuple(results or ()))
+    return ProposalContext(task=task, parents=(parent,), evidence=gather(results or ()), lessons=lessons,
+                           tried=tried)
 
 
-def _lessons(*outcomes: tuple[str, str, str]) -> str:
-    """The lessons text the engine hands a proposer, for (outcome, reason, change) triples, oldest first."""
+def _tried(change: str, reason: str = "worse", proposer: str = "builtin") -> TriedAttempt:
+    return TriedAttempt(proposer=proposer, operator="", change=change, reason=reason)
+
+
+def _lessons(*outcomes: tuple[str, str, str, str], proposer: str = "builtin") -> tuple[Lesson, ...]:
+    """The lesson records the engine hands a proposer, for (outcome, reason, operator, change), oldest first."""
     log = [Lesson(task="t", run="r", iteration=i, parent="p", child="c", files=("f.py",), failure_kinds=(),
                   diagnosis="no failing instances; exploring", change=change, outcome=outcome, reason=reason,
-                  delta=0.01 if outcome == "accepted" else -0.01)
-           for i, (outcome, reason, change) in enumerate(outcomes)]
+                  delta=0.01 if outcome == "accepted" else -0.01, proposer=proposer, operator=operator)
+           for i, (outcome, reason, operator, change) in enumerate(outcomes)]
     return relevant(log, ["f.py"], [])
 
 
-def _r(status: str, feedback: str = "", profile: tuple = ()) -> InstanceResult:
+def _r(status: str, feedback: str = "", profile: tuple = (), frames: tuple = ()) -> InstanceResult:
     return InstanceResult(instance="ta01", split="train", status=status, score=0.0 if status != "ok" else 0.8,
-                          objectives={}, feedback=feedback, profile=profile)
+                          objectives={}, feedback=feedback, profile=profile, frames=frames)
 
 
 def _labels(desc: str) -> set[str]:
@@ -134,7 +143,7 @@ def test_deterministic_for_a_seed(task: Task) -> None:
 
 
 def test_focus_on_the_function_of_the_traceback(task: Task) -> None:
-    results = [_r("error", TRACEBACK), _r("ok", "makespan 1400")]
+    results = [_r("error", TRACEBACK, frames=FRAMES), _r("ok", "makespan 1400")]
     ctx = _ctx(task, {"work.py": TWO}, results)
     proposer = BuiltinProposer()
     where = Counter()
@@ -151,9 +160,12 @@ def test_focus_on_the_function_of_the_traceback(task: Task) -> None:
 
 
 def test_profile_hot_spot_guides_without_failures(task: Task) -> None:
-    profile = ({"function": "work.py:6(slow)", "ncalls": 1, "tottime_s": 0.5, "cumtime_s": 0.9},
-               {"function": "work.py:1(fast)", "ncalls": 1, "tottime_s": 0.01, "cumtime_s": 0.01},
-               {"function": "other.py:3(elsewhere)", "ncalls": 1, "tottime_s": 2.0, "cumtime_s": 2.0})
+    profile = ({"function": "work.py:6(slow)", "file": "work.py", "line": 6, "name": "slow", "ncalls": 1,
+                "tottime_s": 0.5, "cumtime_s": 0.9},
+               {"function": "work.py:1(fast)", "file": "work.py", "line": 1, "name": "fast", "ncalls": 1,
+                "tottime_s": 0.01, "cumtime_s": 0.01},
+               {"function": "other.py:3(elsewhere)", "file": "other.py", "line": 3, "name": "elsewhere", "ncalls": 1,
+                "tottime_s": 2.0, "cumtime_s": 2.0})
     ev = read_evidence([_r("ok", profile=profile)], ["work.py"])
     assert ev.diagnosis == "profile hot spot slow (work.py:6)"
     assert ev.functions == {"work.py": {"slow", "fast"}}
@@ -172,8 +184,12 @@ def test_nothing_mutable_is_a_noop(task: Task) -> None:
 def test_tried_changes_are_avoided(task: Task) -> None:
     src = "def f(a, b):\n    return a\n"
     first = BuiltinProposer().propose(_ctx(task, {"f.py": src}), random.Random(3))
-    again = BuiltinProposer().propose(_ctx(task, {"f.py": src}, tried=(first.change,)), random.Random(3))
+    again = BuiltinProposer().propose(_ctx(task, {"f.py": src}, tried=(_tried(first.change),)), random.Random(3))
     assert first.ok and again.ok and again.change != first.change
+    # Another proposer's attempt with the same words is not this proposer's change.
+    other = BuiltinProposer().propose(_ctx(task, {"f.py": src}, tried=(_tried(first.change, proposer="x"),)),
+                                      random.Random(3))
+    assert other.change == first.change
 
 
 def test_jobshop_seed_mutants_parse_and_run(task: Task) -> None:
@@ -205,36 +221,30 @@ def test_jobshop_seed_mutants_parse_and_run(task: Task) -> None:
     assert any(c.startswith("replace duration with ") and c.endswith("in priority (line 39)") for c in changes)
 
 
-def test_tried_changes_are_avoided_as_the_engine_lists_them(task: Task) -> None:
-    # The engine lists what was tried as "reason: change"; the change itself must not come back.
-    src = "def f(a, b):\n    return a\n"
-    first = BuiltinProposer().propose(_ctx(task, {"f.py": src}), random.Random(3))
-    again = BuiltinProposer().propose(_ctx(task, {"f.py": src}, tried=(f"worse: {first.change}",)), random.Random(3))
-    assert first.ok and again.ok and again.change != first.change
-
-
 def test_read_preferences_counts_this_proposers_outcomes() -> None:
-    text = _lessons(
-        ("accepted", "accepted", "perturb constant 0.5 -> 0.7 in f (line 2)"),
-        ("rejected", "worse", "perturb constant 0.7 -> 0.4 in f (line 2)"),
-        ("accepted", "accepted", "f.py: combine a -> a - 0.5 * b in f (line 2)"),
-        ("rejected", "crashed", "combine a -> a / b in f (line 2)"),
-        ("rejected", "crashed", "combine a -> a * c ** -0.5 in f (line 2)"),
-        ("rejected", "crashed", "combine a -> a + 2 * d in f (line 2)"),
-        ("failed", "duplicate", "replace a with b in f (line 2)"),  # never evaluated: not counted
-        ("rejected", "worse", "Use the ratio of a to b instead"),  # not a change of this proposer
+    lessons = _lessons(
+        ("accepted", "accepted", "perturb", "perturb constant 0.5 -> 0.7 in f (line 2)"),
+        ("rejected", "worse", "perturb", "perturb constant 0.7 -> 0.4 in f (line 2)"),
+        ("accepted", "accepted", "combine", "f.py: combine a -> a - 0.5 * b in f (line 2)"),
+        ("rejected", "crashed", "combine", "combine a -> a / b in f (line 2)"),
+        ("rejected", "crashed", "combine", "combine a -> a * c ** -0.5 in f (line 2)"),
+        ("rejected", "crashed", "combine", "combine a -> a + 2 * d in f (line 2)"),
+        ("failed", "duplicate", "replace", "replace a with b in f (line 2)"),  # never evaluated: not counted
     )
-    prefs = read_preferences(text)
+    # An LLM's lesson reads like a mutation but is not one of this proposer's: its wording counts for nothing.
+    llm = _lessons(("rejected", "worse", "", "perturb constant 1 -> 2 in f (line 2)"), proposer="reflective")
+    prefs = read_preferences(lessons + llm)
     assert prefs.wins == {"perturb": 1, "combine": 1}
     assert prefs.losses == {"perturb": 1, "combine": 3}
-    assert read_preferences("") == Preferences()
+    assert read_preferences(()) == Preferences()
 
 
 def test_the_bandit_prefers_kinds_that_were_accepted(task: Task) -> None:
-    history = [("accepted", "accepted", f"perturb constant 2 -> {3 + i} in score (line 10)") for i in range(6)]
-    history += [("rejected", "worse", f"replace b with a in score (line {11 + i})") for i in range(6)]
+    history = [("accepted", "accepted", "perturb", f"perturb constant 2 -> {3 + i} in score (line 10)")
+               for i in range(6)]
+    history += [("rejected", "worse", "replace", f"replace b with a in score (line {11 + i})") for i in range(6)]
     kinds = {}
-    for label, lessons in (("none", ""), ("history", _lessons(*history))):
+    for label, lessons in (("none", ()), ("history", _lessons(*history))):
         ctx = _ctx(task, {"rich.py": RICH}, lessons=lessons)
         descs = [BuiltinProposer().propose(ctx, random.Random(seed)).change for seed in range(300)]
         kinds[label] = Counter(next(iter(_labels(d))) for d in descs if " in score " in d)  # LIMIT: perturb only
@@ -273,3 +283,9 @@ def test_combine_forms_and_guarded_divisions() -> None:
         guarded += "max(b, 1e-09)" in desc
         assert "/ b" not in desc and "b ** -" not in desc and "b ** 0.5" not in desc, desc
     assert guarded >= 20, guarded
+
+
+def test_traceback_text_alone_is_not_read_back(task: Task) -> None:
+    # Evidence reaches the proposer as records: a traceback that is only text (no frames) names no function.
+    ev = read_evidence([_r("error", TRACEBACK)], ["work.py"])
+    assert ev.functions == {} and "without a traceback into the candidate" in ev.diagnosis

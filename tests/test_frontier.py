@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from evolver.engine.frontier import (
+from evolver.frontier import (
     CandidateScores,
     best_per_instance,
     build_frontier,
@@ -85,7 +85,7 @@ def test_selection_is_seeded_and_proportional() -> None:
 
 
 def test_ties_on_score_go_to_the_better_other_objectives() -> None:
-    from evolver.engine.frontier import rank_key
+    from evolver.frontier import rank_key
 
     directions = {"score": "max", "duration_s": "min", "size": "max"}
     fast = {"score": 1.0, "duration_s": 0.2, "size": 1.0}

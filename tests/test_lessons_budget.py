@@ -30,10 +30,29 @@ def test_log_survives_torn_lines_and_reads_what_others_append(tmp_path: Path) ->
 
 def test_relevant_prefers_same_files_and_failures_then_recency() -> None:
     lessons = [lesson(1, files=("b.py",)), lesson(2, kinds=("timeout",)), lesson(3), lesson(4, files=("b.py",))]
-    text = relevant(lessons, files={"a.py"}, failure_kinds={"timeout"})
-    order = [int(line.split("diagnosis ")[1].split()[0]) for line in text.splitlines()]
-    assert order == [2, 3, 4, 1]
-    assert len(relevant(lessons * 50, {"a.py"}, set(), budget=500)) <= 500
+    chosen = relevant(lessons, files={"a.py"}, failure_kinds={"timeout"})
+    assert [x.iteration for x in chosen] == [2, 3, 4, 1]
+    assert len(relevant(lessons * 50, {"a.py"}, set(), limit=7)) == 7
+
+
+def test_rendered_lessons_stay_within_their_budget() -> None:
+    from evolver.proposers.prompts import LESSON_CHARS, LESSONS_CHARS, lessons_section
+
+    long = [Lesson(task="t", run="r", iteration=i, parent="p", child=None, files=("a.py",), failure_kinds=(),
+                   diagnosis="x" * 2000, change="y", outcome="rejected", reason="worse") for i in range(20)]
+    text = lessons_section(long, "Lessons")
+    assert len(text) <= LESSONS_CHARS + 50
+    assert all(len(line) <= LESSON_CHARS for line in text.splitlines()[1:])
+    assert lessons_section([], "Lessons") == ""
+
+
+def test_old_lesson_lines_load_with_defaults_for_new_fields(tmp_path: Path) -> None:
+    path = tmp_path / "lessons.jsonl"
+    path.write_text('{"task": "t", "run": "r", "iteration": 1, "parent": "p", "child": null, "files": ["a.py"], '
+                    '"failure_kinds": [], "diagnosis": "d", "change": "c", "outcome": "accepted", '
+                    '"reason": "accepted", "delta": 0.1, "created_at": 1.0, "someday": "a field of a newer evolver"}\n')
+    (old,) = LessonLog(path).load()
+    assert old.proposer == "" and old.operator == "" and old.kind == "mutation" and old.delta == 0.1
 
 
 def test_budget_rules() -> None:

@@ -18,10 +18,11 @@ from llm_server import ScriptedLLMServer, scripted_llm  # noqa: F401
 from evolver.engine.budget import Budget
 from evolver.engine.loop import LoopConfig
 from evolver.engine.merge_schedule import choose_pair, merges_due, stratified_subsample
+from evolver.evidence import gather
+from evolver.frontier import CandidateScores
+from evolver.proposers.base import ParentInfo, ProposalContext
 from evolver.proposers.merge import (
-    Merger,
-    MergeRequest,
-    ParentSummary,
+    MergeProposer,
     ScoreResolver,
     overlapping_hunks,
     three_way,
@@ -235,8 +236,9 @@ def test_no_merge_flag_and_task_toml(tmp_path: Path) -> None:
 # -- the LLM-free proposer's merges --------------------------------------------------------------------------
 def test_builtin_run_merges_only_eligible_pairs_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
+    # Seed 1's trajectory branches (seed 0's accepted children happen to form one line: no pair to merge).
     start_run(JOBSHOP, ModelConfig(model="builtin"), Budget(max_evals=200), run_dir=run_dir,
-              loop=LoopConfig(max_merges=50))
+              loop=LoopConfig(max_merges=50, seed=1))
     repo = RunRepo.open_or_init(run_dir / "repo")
     merges = Store(run_dir / "run.db").merges("run")
     assert merges, "a builtin run with accepted mutations attempts merges"
@@ -257,16 +259,19 @@ def test_score_resolver_takes_the_better_parents_side_per_conflict() -> None:
     assert overlapping_hunks(base, a, b) == 1
     task = load_task(JOBSHOP)
 
-    def request(a_sum: float, b_sum: float) -> MergeRequest:
-        return MergeRequest(task, ParentSummary("c1", "x", ("i1",), {"score": 0.5}, a_sum),
-                            ParentSummary("c2", "y", ("i2",), {"score": 0.4}, b_sum), "seed", ("i1", "i2"))
+    def parent(label: str, files: dict, score: float, per: dict) -> ParentInfo:
+        return ParentInfo(sha=label, label=label, files=files, texts={}, val=CandidateScores(label, per,
+                                                                                           {"score": score}))
 
     for a_sum, b_sum, expected in ((2.0, 1.0, b"A = 10\n\n\n\nB = 20\n\n\n\nC = 30\n"),
                                    (1.0, 2.0, b"A = 10\n\n\n\nB = 21\n\n\n\nC = 30\n")):
-        out = Merger(ScoreResolver()).merge(base, a, b, request(a_sum, b_sum))
-        assert out.ok and out.resolution == "builtin" and out.conflicts == 1
+        ctx = ProposalContext(task=task, parents=(parent("c1", a, 0.5, {"i1": a_sum, "i2": 0.0}),
+                                                  parent("c2", b, 0.4, {"i1": 0.0, "i2": b_sum})),
+                              evidence=gather(()), base=parent("seed", base, 0.0, {}), moved=("i1", "i2"))
+        out = MergeProposer(ScoreResolver()).propose(ctx, random.Random(0))
+        assert out.ok and out.merge.resolution == "builtin" and out.merge.conflicts == 1
         assert out.changes["m.py"].encode() == expected  # A's and C's hunks kept, B by the better side
-        resolved = [c for c in out.contributions if c["from"] == "conflict"]
+        resolved = [c for c in out.merge.contributions if c["from"] == "conflict"]
         assert resolved[0]["resolution"] == ("a" if a_sum > b_sum else "b")
 
 

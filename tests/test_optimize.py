@@ -62,3 +62,57 @@ def test_bad_arguments() -> None:
         evolver.optimize(model="openai/x")
     with pytest.raises(UserInputError, match="needs evaluator="):
         evolver.optimize(seed="x", model="openai/x")
+
+
+def test_optimize_and_status_agree_on_every_candidate_and_the_best(tmp_path: Path) -> None:
+    from evolver.views import status
+
+    def longer_is_better(candidate: str, example: int) -> tuple[float, dict]:
+        return min(1.0, len(candidate) / (10 * example)), {"length": len(candidate)}
+
+    result = evolver.optimize(seed="def f():\n    return 1\n", evaluator=longer_is_better, trainset=[1, 2, 3],
+                              valset=[2, 4], model="builtin", max_iterations=12, run_dir=tmp_path / "run",
+                              file_name="f.py")
+    doc = status(tmp_path / "run")
+    assert doc["candidates"], "the run's candidates are visible to status"
+    best_row = next(c for c in doc["candidates"] if c["candidate"] == doc["best"])
+    assert best_row["objectives"] == result.best_objectives
+    assert doc["frontier"] == [b.rsplit("/", 1)[-1] for b in result.frontier]
+    assert result.best_branch.endswith("/" + doc["best"])
+
+
+def test_single_task_search_scores_the_candidate_alone(tmp_path: Path) -> None:
+    # One hard problem, no dataset: the evaluator takes only the candidate.
+    def packing(candidate: str) -> tuple[float, str]:
+        return float(candidate.count("x")), "more x is better"
+
+    seen: list[str] = []
+
+    def spy(candidate: str) -> tuple[float, str]:
+        seen.append(candidate)
+        return packing(candidate)
+
+    result = evolver.optimize(seed="x = 1\n", evaluator=spy, model="builtin", max_iterations=8,
+                              run_dir=tmp_path / "run",
+                              file_name="sol.py")
+    assert result.mode == "single-task" and result.best is not None and seen
+    assert result.best_per_instance == {"task": result.best_branch}
+
+
+def test_multi_task_search_reports_the_best_candidate_per_task(scripted_llm, tmp_path: Path) -> None:
+    from evolver.engine.loop import LoopConfig
+
+    # A dataset and no valset: candidates are validated on the dataset itself, and the result names, for each
+    # task, the first candidate that solved it.
+    scripted_llm.add(rewrite("alpha"), rewrite("alpha beta"), rewrite("alpha beta gamma"))
+    result = evolver.optimize(seed="start", evaluator=lambda c, w: float(w in c), trainset=["alpha", "beta", "gamma"],
+                              model="openai/test-model", api_base=scripted_llm.api_base, max_iterations=3,
+                              run_dir=tmp_path / "run", loop=LoopConfig(minibatch=3, merge=False))
+    assert result.mode == "multi-task" and result.best == "alpha beta gamma\n"
+    assert result.best_per_instance == {"train-0": "evolver/run/c1", "train-1": "evolver/run/c2",
+                                        "train-2": "evolver/run/c3"}
+
+
+def test_valset_without_trainset_is_refused() -> None:
+    with pytest.raises(UserInputError, match="valset= needs a trainset="):
+        evolver.optimize(seed="x", evaluator=lambda c, e: 1.0, valset=[1], model="builtin", max_iterations=1)

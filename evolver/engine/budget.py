@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# After this many proposals in a row that failed to produce an evaluable child, a run says so loudly.
-FAILING_STREAK_WARNING = 5
-
 
 @dataclass(frozen=True)
 class Budget:

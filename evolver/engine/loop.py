@@ -1,55 +1,51 @@
-"""The reflective evolution loop: select -> evidence -> propose -> commit -> evaluate -> accept.
+"""The reflective evolution loop: plan -> propose -> check -> commit -> evaluate -> accept, one path for every
+kind of proposal.
 
-Every step is written to the store (and the child to git) as it happens, so a kill -9 loses at most the
-step in flight and `resume` continues: a committed child whose verdict was not recorded is evaluated again
-from the cache. Randomness is derived from (seed, iteration), so a resumed run makes the same choices.
+An iteration makes a `Plan` (a merge of two frontier candidates when one is due and a pair is eligible, else a
+mutation of a parent sampled from the frontier), asks the plan's proposer for a `Proposal`, and then, whatever
+proposed it: checks it (mutable files only, syntax, not a duplicate), commits the child (a two-parent commit
+for a merge), evaluates it on the plan's instances, and accepts it when it beats the plan's baseline; an
+accepted child is validated in full and joins the standings. Every step is written to the store (and the child
+to git) as it happens, so a kill -9 loses at most the step in flight and `resume` finishes a committed child
+from its stored plan. Randomness is derived from (seed, iteration), so a resumed run makes the same choices.
 """
 
 from __future__ import annotations
 
 import random
-import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..config import FAILED_STATUSES, LOST_REASONS, Defaults
 from ..errors import EvolverError
-from ..evaluation import CandidateEvaluator, CandidateRef, InstanceResult, instances_for
+from ..evaluation import CandidateEvaluator, CandidateRef, InstanceResult
 from ..evidence import condense
-from ..lessons import Lesson, LessonLog, relevant
-from ..proposers.base import Proposal, ProposalContext, Proposer
-from ..proposers.merge import Merger
+from ..lessons import LessonLog
+from ..proposers.base import MergeRecord, Proposal, Proposer
 from ..repo import RunRepo, candidate_branch
+from ..run_state import Standings, accepted_order, validation_ids
 from ..store import ProposalRow, Store
 from ..task import Task
-from .budget import FAILING_STREAK_WARNING, Budget, Usage, evals_exhausted, stop_reason
-from .frontier import (
-    FAILED_STATUSES,
-    CandidateScores,
-    Frontier,
-    build_frontier,
-    rank_key,
-    scores_from_results,
-)
-from .merge_step import NO_MERGE, MergeSteps
-
-# The LLM is down or misconfigured: more iterations would only repeat the same error.
-LLM_ERROR_STREAK_STOP = 3
+from . import checks
+from .budget import Budget, Usage, evals_exhausted, stop_reason
+from .context import ContextBuilder, lesson_of
+from .plans import MergePlanner, Plan, mutation_plan, plan_of
 
 
 @dataclass(frozen=True)
 class LoopConfig:
-    minibatch: int = 3
-    accept: str = "strict"  # strict: child sum > parent sum; ties: >=
-    frontier: str = "instance"
-    seed: int = 0
-    workers: int = 1  # iterations in flight at once (proposals and their evaluations)
-    tried_shown: int = 8
-    merge: bool = True  # merge two frontier candidates now and then (GEPA's schedule)
-    max_merges: int = 5  # merge attempts over the run
-    merge_subsample: int = 5  # validation instances a merged candidate is first judged on
+    minibatch: int = Defaults.minibatch
+    accept: str = Defaults.accept  # strict: child sum > parent sum; ties: >=
+    frontier: str = Defaults.frontier
+    seed: int = Defaults.seed_rng
+    workers: int = Defaults.workers  # iterations in flight at once (proposals and their evaluations)
+    tried_shown: int = Defaults.tried_shown
+    merge: bool = Defaults.merge  # merge two frontier candidates now and then (GEPA's schedule)
+    max_merges: int = Defaults.max_merges  # merge attempts over the run
+    merge_subsample: int = Defaults.merge_subsample  # validation instances a merged candidate is first judged on
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -67,44 +63,57 @@ class Event:
     best: dict[str, float | None] | None = None
 
 
-def _mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values) if values else 0.0
-
-
-class Engine(MergeSteps):
+class Engine:
     def __init__(self, *, task: Task, run: str, repo: RunRepo, store: Store, evaluator: CandidateEvaluator,
                  proposer: Proposer, lessons: LessonLog, budget: Budget, config: LoopConfig,
                  on_event: Callable[[Event], None] | None = None, usd_spent: Callable[[], float] = lambda: 0.0,
-                 merger: Merger | None = None):
+                 merger: Proposer | None = None):
         self.task, self.run_name, self.repo, self.store = task, run, repo, store
         self.evaluator, self.proposer, self.lessons, self.merger = evaluator, proposer, lessons, merger
         self.budget, self.config, self.on_event, self.usd_spent = budget, config, on_event, usd_spent
-        if task.instances is None:
-            raise ValueError("an evolution run needs an instances file with train and val splits")
-        self.train = list(task.instances.train)
-        self.val = [i for i, _ in instances_for(task, "val")]
-        if not self.train or not self.val:
-            raise ValueError("an evolution run needs train and val instances")
+        self.train = [i for i in (task.instances.train if task.instances else ())]
+        if not self.train:
+            raise EvolverError("an evolution run needs instances: a train split (and a val split to generalise)")
+        self.val = validation_ids(task)
         row = store.run(run)
         assert row is not None, "create the run in the store first"
+        # Views read the run's results under the key they were stored with: this evaluator's.
+        store.update_run(run, config={**row.config, "eval_key": evaluator.cache_key})
         self.usage = Usage(evals=row.evals_used, usd=row.usd_used, seconds=row.elapsed_s, iterations=row.iteration)
-        self.val_scores: dict[str, CandidateScores] = {}  # accepted candidates (sha) -> validation results
-        self._frontier: Frontier | None = None
-        self._trees: dict[str, str] = {}  # commit sha -> tree sha (commits never change)
+        self.standings = Standings(self.val, task.objectives, config.frontier)
+        candidates = store.candidates(run)
+        self._trees: dict[str, str] = {c.sha: c.tree for c in candidates}  # commits never change
         # Trees of every candidate of the run -> its branch: a proposal recreating one is a duplicate.
-        self._known: dict[str, str] = {c.tree: c.branch or c.sha[:12] for c in store.candidates(run)}
+        self._known: dict[str, str] = {c.tree: c.branch or c.sha[:12] for c in candidates}
+        self._labels = {c.sha: (c.branch or c.sha[:10]).rsplit("/", 1)[-1] for c in candidates}
+        parents = {c.sha: c.parents for c in candidates}
+        self.planner = MergePlanner(
+            max_merges=config.max_merges, subsample=config.merge_subsample, parents=parents,
+            proposals=store.proposals(run), merges=store.merges(run), merge_base=repo.merge_base,
+            overlap=self._overlap) if merger is not None and config.merge else None
+        self.contexts = ContextBuilder(task, run, repo, store, lessons, self.standings, self.label, parents,
+                                       config.tried_shown)
         self.failing_streak = 0
         self.llm_error_streak = 0  # LLM calls that failed after all retries, in a row
         self._clock = time.monotonic()
-        # Guards the engine's state (usage, frontier, known trees) when several iterations run at once; LLM
+        # Guards the engine's state (usage, standings, known trees) when several iterations run at once; LLM
         # calls and evaluations run outside it. The store and the repo are safe to use concurrently.
         self._lock = threading.RLock()
         self._reserved = 0  # evaluator calls promised to batches in flight, so parallel batches never overshoot
         self._stopping: str | None = None
         self._error: BaseException | None = None
-        self._init_merges()
 
     # -- helpers -----------------------------------------------------------------------------------------
+    def label(self, sha: str) -> str:
+        return self._labels.get(sha, sha[:10])
+
+    def _overlap(self, a: str, b: str, base: str) -> int:
+        from ..proposers.merge import overlapping_hunks
+
+        # Over the mutable files only: a seed may hold large data files no mutation touches.
+        files = [{p: d for p, d in self.repo.read_files(s).items() if self.task.is_mutable(p)} for s in (base, a, b)]
+        return overlapping_hunks(*files)
+
     def _ref(self, sha: str) -> CandidateRef:
         tree = self._trees.get(sha)
         if tree is None:
@@ -152,46 +161,27 @@ class Engine(MergeSteps):
         if self.on_event is None:
             return
         with self._lock:
-            frontier = self.frontier()
-            self.on_event(Event(kind, self.usage.iterations, message, self.usage, len(frontier.members),
-                                self.best_objectives()))
+            self.on_event(Event(kind, self.usage.iterations, message, self.usage,
+                                len(self.standings.frontier().members), self.standings.best_objectives()))
 
-    def _record_val(self, sha: str, results: Sequence[InstanceResult]) -> float:
-        """Keep a candidate's validation results for the frontier; returns its mean score."""
-        scores = scores_from_results(sha, results, self.task.objectives)
-        with self._lock:
-            self.val_scores[sha] = scores
-            self._frontier = None
-        return scores.objectives["score"] or 0.0
-
-    # -- views -------------------------------------------------------------------------------------------
-    def frontier(self) -> Frontier:
-        # Rebuilt only when an accepted candidate joins: selection and the live view reuse it.
-        if self._frontier is None:
-            self._frontier = build_frontier(list(self.val_scores.values()), self.val, self.task.objectives,
-                                            self.config.frontier)
-        return self._frontier
-
+    # -- views (the standings are the one source; run_state reads the same from the store) ---------------
     def best(self) -> str | None:
-        if not self.val_scores:
-            return None
-        return max(self.val_scores, key=lambda s: rank_key(self.val_scores[s].objectives, self.task.objectives))
+        return self.standings.best()
 
     def best_objectives(self) -> dict[str, float | None] | None:
-        b = self.best()
-        return dict(self.val_scores[b].objectives) if b else None
+        return self.standings.best_objectives()
 
     # -- the run -----------------------------------------------------------------------------------------
     def start(self, seed_sha: str) -> None:
-        """Load the accepted candidates (seed first) with their validation results from the cache."""
-        accepted = [seed_sha] + [p.child_sha for p in self.store.proposals(self.run_name, status="accepted")
-                                 if p.child_sha]
-        for sha in accepted:
+        """Load the accepted candidates (seed first) with their validation results, then finish what a kill
+        left pending."""
+        self._labels.setdefault(seed_sha, "seed")
+        for sha in accepted_order(seed_sha, self.store.proposals(self.run_name)):
             results = self._evaluate(sha, self.val, "val")
             if results is None:
                 raise BudgetTooSmall("the budget does not cover evaluating the seed on the validation split "
                                      f"({len(self.val)} evaluator calls)")
-            self._record_val(sha, results)
+            self.standings.add(sha, results)
         for p in self.store.proposals(self.run_name, status="pending"):
             self._finish_pending(p)
 
@@ -225,7 +215,7 @@ class Engine(MergeSteps):
         with self._lock:
             if self._stopping is None:
                 reason = stop_reason(self.budget, self.usage)
-                if reason is None and self.llm_error_streak >= LLM_ERROR_STREAK_STOP:
+                if reason is None and self.llm_error_streak >= Defaults.llm_error_streak_stop:
                     reason = (f"the LLM failed {self.llm_error_streak} times in a row after retries; see "
                               "`evolver show` of the last proposal, fix the model or server, then `evolver resume`")
                 self._stopping = reason
@@ -250,47 +240,97 @@ class Engine(MergeSteps):
 
     def iterate(self, it: int) -> str | None:
         """Iteration `it`; returns a stop reason when the budget ran out mid-way."""
-        merged = self._try_merge(it)
-        if merged != NO_MERGE:
-            return merged
+        if self.planner is not None and self.merger is not None:
+            rng = random.Random(f"{self.config.seed}:{it}:merge")
+            with self._lock:
+                plan = self.planner.plan(self.standings, rng)
+            if plan is not None:
+                return self._attempt(it, plan, self.merger, rng)
         rng = random.Random(f"{self.config.seed}:{it}")
         with self._lock:
-            parent = self.frontier().select(rng)
-        minibatch = rng.sample(self.train, min(self.config.minibatch, len(self.train)))
-        parent_results = self._evaluate(parent, minibatch, "train")
-        if parent_results is None:
-            return self._budget_stop(len(minibatch))
-        pid = self.store.add_proposal(self.run_name, it, self.proposer.name, parent, minibatch,
-                                      sum(r.score for r in parent_results))
-        proposal = self.proposer.propose(self._context(parent, parent_results, it), rng)
+            plan = mutation_plan(self.standings, self.train, self.config.minibatch, self.config.accept == "ties", rng)
+        return self._attempt(it, plan, self.proposer, rng)
+
+    def _attempt(self, it: int, plan: Plan, proposer: Proposer, rng: random.Random) -> str | None:
+        """Store the plan, ask its proposer, then land the proposal."""
+        parent_results: list[InstanceResult] = []
+        if not plan.is_merge:
+            got = self._evaluate(plan.parents[0], plan.instances, plan.split)
+            if got is None:
+                return self._budget_stop(len(plan.instances))
+            parent_results = got
+            plan = replace(plan, baseline=sum(r.score for r in parent_results))
+        pid = self.store.add_proposal(self.run_name, it, plan.kind, plan.parents[0], list(plan.instances),
+                                      plan.baseline, parents=plan.parents, proposer=proposer.name)
+        if plan.is_merge:
+            assert plan.base is not None
+            self.store.add_merge(pid, self.run_name, *plan.parents, plan.base, *plan.parent_sums)
+            ctx = self.contexts.merge(plan, it)
+        else:
+            ctx = self.contexts.mutation(plan, parent_results, it)
+        try:
+            proposal = proposer.propose(ctx, rng)
+        except (RuntimeError, ValueError, RecursionError, OSError) as exc:
+            if not plan.is_merge:
+                raise
+            # Recorded as this pair's failed attempt: raised, it would stop the run, and resume would pick the
+            # same pair again and stop again.
+            proposal = Proposal(failure="merge_error", detail=f"{type(exc).__name__}: {exc}",
+                                merge=MergeRecord(resolution="failed"))
         self.save_progress()
-        if not proposal.ok:
-            self._fail(pid, parent, it, proposal, parent_results)
+        if proposal.merge is not None:
+            self.store.update_merge(pid, conflicts=proposal.merge.conflicts, resolution=proposal.merge.resolution,
+                                    contributions=list(proposal.merge.contributions))
+        return self._land(pid, plan, proposal, proposer.name, parent_results)
+
+    def _land(self, pid: int, plan: Plan, proposal: Proposal, made_by: str,
+              parent_results: Sequence[InstanceResult]) -> str | None:
+        """Check, commit and record a proposal, then judge its child."""
+        failure_kinds = sorted({r.status for r in parent_results if not r.ok})
+        found = (proposal.failure, proposal.detail) if proposal.failure else checks.problem(self.task,
+                                                                                           proposal.changes)
+        tree = branch = None
+        if found is None:
+            tree = self.repo.tree_of_changes(plan.parents[0], dict(proposal.changes))
+            branch = candidate_branch(self.run_name, pid)
+        if tree is not None and tree == self._ref(plan.parents[0]).tree:
+            found = ("noop", "the changes leave the parent's files as they were")
+        elif tree is not None and branch is not None:
+            with self._lock:  # check and claim at once: two iterations in flight may propose the same files
+                owner = self._known.get(tree)
+                if owner is None:
+                    self._known[tree] = branch
+            if owner is not None:
+                found = ("duplicate", f"the same files as {owner}, already evaluated")
+        if found is not None or tree is None or branch is None:
+            failure, detail = found or ("failed", "")
+            self.store.update_proposal(pid, status="failed", reason=failure or "failed", detail=detail[:4000],
+                                       diagnosis=proposal.diagnosis, change=proposal.change,
+                                       operator=proposal.operator, files=sorted(proposal.changes),
+                                       failure_kinds=failure_kinds)
+            self._failed(self._proposal(pid), plan, failure or "failed", detail)
             return None
-        tree = self.repo.tree_of_changes(parent, dict(proposal.changes))
-        branch = candidate_branch(self.run_name, pid)
-        with self._lock:  # check and claim at once: two iterations in flight may propose the same files
-            owner = self._known.get(tree)
-            if owner is None:
-                self._known[tree] = branch
-        if owner is not None:
-            self._fail(pid, parent, it, replace(proposal, failure="duplicate",
-                                                detail=f"the same files as {owner}, already evaluated"),
-                       parent_results)
-            return None
-        child = self.repo.commit_tree(
-            tree, (parent,), subject=proposal.change.splitlines()[0][:72] if proposal.change else "mutation",
-            kind=self.proposer.name, body=f"Diagnosis: {proposal.diagnosis}".strip(), run=self.run_name)
+        subject = (proposal.change.splitlines()[0][:72] if proposal.change else plan.kind)
+        body = f"Diagnosis: {proposal.diagnosis}\nProposer: {made_by}" if proposal.diagnosis else f"Proposer: {made_by}"
+        child = self.repo.commit_tree(tree, plan.parents, subject=subject, kind=plan.kind, body=body,
+                                      run=self.run_name)
         self._trees[child] = tree
         self.repo.set_branch(branch, child)
-        self.store.record_candidate(self.run_name, child, tree, branch, (parent,), self.proposer.name)
+        self.store.record_candidate(self.run_name, child, tree, branch, plan.parents, plan.kind)
         with self._lock:
-            self._parents[child] = (parent,)
+            self._labels[child] = f"c{pid}"
+            self.contexts.parents[child] = plan.parents  # type: ignore[index]
+            if self.planner is not None:
+                self.planner.add_candidate(child, plan.parents)
         self.store.update_proposal(pid, child_sha=child, branch=branch, diagnosis=proposal.diagnosis,
-                                   change=proposal.change, files=sorted(proposal.changes),
-                                   failure_kinds=sorted({r.status for r in parent_results if not r.ok}))
-        row = self.store.proposals(self.run_name, child_sha=child)[-1]
-        return self._decide(row, parent_results)
+                                   change=proposal.change, operator=proposal.operator,
+                                   files=sorted(proposal.changes), failure_kinds=failure_kinds)
+        return self._judge(self._proposal(pid), plan)
+
+    def _proposal(self, pid: int) -> ProposalRow:
+        row = self.store.proposal(pid)
+        assert row is not None
+        return row
 
     def _finish_pending(self, p: ProposalRow) -> None:
         """A proposal interrupted by a kill: judge its committed child, or record that it never got one."""
@@ -299,110 +339,95 @@ class Engine(MergeSteps):
             # the proposal: adopt it, or its tree would count as a duplicate of something never evaluated.
             branch = candidate_branch(self.run_name, p.id)
             orphan = next((c for c in self.store.candidates(self.run_name) if c.branch == branch), None)
-            if orphan is not None:
-                self.store.update_proposal(p.id, child_sha=orphan.sha, branch=branch)
-                p = replace(p, child_sha=orphan.sha, branch=branch)
-        if p.kind == "merge":
-            return self._finish_merge(p)
-        if p.child_sha is None:
-            self.store.update_proposal(p.id, status="failed", reason="interrupted",
-                                       detail="the run stopped before the child was committed")
-            return
-        parent_results = self._evaluate(p.parent_sha, p.minibatch, "train")
-        if parent_results is not None:
-            self._decide(p, parent_results)
+            if orphan is None:
+                self.store.update_proposal(p.id, status="failed", reason="interrupted",
+                                           detail="the run stopped before the child was committed")
+                return
+            self.store.update_proposal(p.id, child_sha=orphan.sha, branch=branch)
+            p = replace(p, child_sha=orphan.sha, branch=branch)
+            self._labels[orphan.sha] = f"c{p.id}"
+        plan = plan_of(p, self.config.accept == "ties", self.store.merge(p.id))
+        if plan.baseline is None:
+            parent_results = self._evaluate(plan.parents[0], plan.instances, plan.split)
+            if parent_results is None:
+                return
+            plan = replace(plan, baseline=sum(r.score for r in parent_results))
+        self._judge(p, plan)
 
-    def _decide(self, p: ProposalRow, parent_results: Sequence[InstanceResult]) -> str | None:
-        assert p.child_sha is not None
-        child_results = self._evaluate(p.child_sha, p.minibatch, "train")
+    def _judge(self, p: ProposalRow, plan: Plan) -> str | None:
+        assert p.child_sha is not None and plan.baseline is not None
+        child_results = self._evaluate(p.child_sha, plan.instances, plan.split)
         if child_results is None:
-            return self._budget_stop(len(p.minibatch))
-        parent_sum = sum(r.score for r in parent_results)
+            return self._budget_stop(len(plan.instances))
         child_sum = sum(r.score for r in child_results)
         crashed = all(r.status in FAILED_STATUSES for r in child_results)
-        better = child_sum > parent_sum or (self.config.accept == "ties" and child_sum >= parent_sum)
+        better = child_sum > plan.baseline or (plan.at_least and child_sum >= plan.baseline)
+        versus = plan.versus(child_sum, [self.label(s) for s in plan.parents])
         if crashed or not better:
             reason = "crashed" if crashed else "worse"
-            detail = condense(child_results, budget=1500, include_ok_feedback=False) if crashed else (
-                f"minibatch sum {child_sum:.4g} vs parent {parent_sum:.4g}")
+            detail = condense(child_results, budget=1500, include_ok_feedback=False) if crashed else versus
             self.store.update_proposal(p.id, status="rejected", reason=reason, detail=detail, child_score=child_sum)
-            self._lesson(p, "rejected", reason, child_sum - parent_sum)
-            self._count_failure(reason)
-            self._emit("iteration", f"c{p.id} rejected ({reason}): {detail.splitlines()[0][:100]}")
+            self._lesson(p, "rejected", reason, child_sum - plan.baseline)
+            with self._lock:
+                self._count(plan, reason)
+            self._emit("iteration", f"{self.label(p.child_sha)} {'merge ' if plan.is_merge else ''}rejected "
+                                    f"({reason}): {detail.splitlines()[0][:100]}")
             return None
         val_results = self._evaluate(p.child_sha, self.val, "val")
         if val_results is None:  # left pending: `resume` with a larger budget finishes it
-            self.store.update_proposal(p.id, child_score=child_sum, detail="accepted on the minibatch; "
+            self.store.update_proposal(p.id, child_score=child_sum, detail=f"accepted on the {versus}; "
                                        "validation not run: budget")
             return self._budget_stop(len(self.val))
         with self._lock:
-            return self._accept(p, val_results, child_sum, parent_sum)
+            self._accept(p, plan, val_results, child_sum, versus)
+        return None
 
-    def _accept(self, p: ProposalRow, val_results: Sequence[InstanceResult], child_sum: float,
-                parent_sum: float, label: str = "minibatch") -> None:
-        assert p.child_sha is not None
-        before = self.best_objectives() or {}
-        val_score = self._record_val(p.child_sha, val_results)
+    def _accept(self, p: ProposalRow, plan: Plan, val_results: Sequence[InstanceResult], child_sum: float,
+                versus: str) -> None:
+        assert p.child_sha is not None and plan.baseline is not None
+        before = self.standings.best_objectives()
+        self.standings.add(p.child_sha, val_results)
+        val_score = self.standings.mean_score(p.child_sha)
         self.store.update_proposal(p.id, status="accepted", reason="accepted", child_score=child_sum,
-                                   val_score=val_score, detail=f"{label} sum {child_sum:.4g} vs {parent_sum:.4g}")
-        self._lesson(p, "accepted", "accepted", child_sum - parent_sum)
-        improved = not before or rank_key(self.val_scores[p.child_sha].objectives, self.task.objectives) > rank_key(
-            before, self.task.objectives)
+                                   val_score=val_score, detail=versus)
+        self._lesson(p, "accepted", "accepted", child_sum - plan.baseline)
+        improved = self.standings.improves_on(p.child_sha, before)
         self.usage = replace(self.usage, best_score=max(val_score, self.usage.best_score or float("-inf")),
                              since_improvement=0 if improved else self.usage.since_improvement + 1)
         self.failing_streak = 0
-        if p.kind != "merge":  # each accepted mutation schedules one merge attempt
-            self._accepted_mutations += 1
-        self._emit("iteration", f"c{p.id} accepted: {label} {child_sum:.4g} vs {parent_sum:.4g}, val {val_score:.4g}")
-        return None
+        if self.planner is not None:
+            self.planner.accepted(plan)  # each accepted mutation schedules one merge attempt
+        self._emit("iteration", f"c{p.id} accepted: {versus}, val {val_score:.4g}")
 
-    def _fail(self, pid: int, parent: str, it: int, proposal: Proposal, parent_results) -> None:
-        self.store.update_proposal(pid, status="failed", reason=proposal.failure or "failed",
-                                   detail=proposal.detail[:4000], diagnosis=proposal.diagnosis,
-                                   change=proposal.change,
-                                   failure_kinds=sorted({r.status for r in parent_results if not r.ok}))
-        row = next(p for p in self.store.proposals(self.run_name, parent_sha=parent) if p.id == pid)
-        self._lesson(row, "failed", proposal.failure or "failed", None)
-        self._count_failure(proposal.failure or "failed")
-        self._emit("iteration", f"proposal {pid} failed ({proposal.failure}): {proposal.detail[:100]}")
-
-    def _no_improvement(self) -> None:
-        """A merge that produced nothing better: patience counts it, the failing-proposals warning does not."""
+    def _failed(self, p: ProposalRow, plan: Plan, failure: str, detail: str) -> None:
+        self._lesson(p, "failed", failure, None)
         with self._lock:
-            self.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
+            if plan.is_merge and failure == "llm_error" and self.planner is not None:
+                # An LLM outage says nothing about the pair: it stays eligible and the attempt is not counted,
+                # but the failure counts towards the streak that stops a run whose LLM keeps failing.
+                self.planner.release(plan)
+                self.llm_error_streak += 1
+            else:
+                self._count(plan, failure)
+        what = "merge" if plan.is_merge else "proposal"
+        self._emit("iteration", f"{what} {p.id} failed ({failure}): {detail.splitlines()[0][:100] if detail else ''}")
 
-    def _count_failure(self, reason: str) -> None:
-        with self._lock:
-            self._count_failure_locked(reason)
-
-    def _count_failure_locked(self, reason: str) -> None:
+    def _count(self, plan: Plan, reason: str) -> None:
+        """Streaks and patience after an outcome that was not an acceptance (called under the lock)."""
+        self.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
+        if plan.is_merge:
+            return  # a merge that produced nothing better: patience counts it, the failing-proposals warning not
         self.llm_error_streak = self.llm_error_streak + 1 if reason == "llm_error" else 0
         # A worse or duplicate child is a working proposal that lost; the warning is for proposals that yield
         # nothing evaluable (edits that do not apply, no-ops, LLM errors, children that crash).
-        self.failing_streak = 0 if reason in ("worse", "duplicate") else self.failing_streak + 1
-        self.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
-        if self.failing_streak == FAILING_STREAK_WARNING:
-            self._emit("warning", f"the last {FAILING_STREAK_WARNING} proposals all failed to give a working "
-                                  f"child (latest: {reason}); check the model, the task's feedback, or "
+        self.failing_streak = 0 if reason in LOST_REASONS else self.failing_streak + 1
+        if self.failing_streak == Defaults.failing_streak_warning:
+            self._emit("warning", f"the last {Defaults.failing_streak_warning} proposals all failed to give a "
+                                  f"working child (latest: {reason}); check the model, the task's feedback, or "
                                   "`evolver show` of a failed one")
 
     def _lesson(self, p: ProposalRow, outcome: str, reason: str, delta: float | None) -> None:
-        self.lessons.append(Lesson(
-            task=self.task.name, run=self.run_name, iteration=p.iteration, parent=p.parent_sha, child=p.child_sha,
-            files=tuple(p.files), failure_kinds=tuple(p.failure_kinds), diagnosis=p.diagnosis, change=p.change,
-            outcome=outcome, reason=reason, delta=delta))
-
-    def _context(self, parent: str, results: Sequence[InstanceResult], it: int) -> ProposalContext:
-        files = {path: data.decode("utf-8", errors="replace")
-                 for path, data in self.repo.read_files(parent).items() if self.task.is_mutable(path)}
-        kinds = {r.status for r in results if not r.ok}
-        tried = [f"{p.reason}: {p.change or p.detail}".strip()[:300]
-                 for p in self.store.proposals(self.run_name, parent_sha=parent)
-                 if p.status in ("rejected", "failed") and p.kind != "merge"][-self.config.tried_shown:]
-        return ProposalContext(
-            task=self.task, parent_sha=parent, parent_files=files, results=results,
-            evidence=condense(results), lessons=relevant(self.lessons.load(self.task.name), files, kinds),
-            tried=tried, iteration=it)
+        self.lessons.append(lesson_of(p, self.task.name, outcome, reason, delta))
 
 
 class BudgetTooSmall(EvolverError):

@@ -10,19 +10,22 @@ every conflict with how it was resolved: `evolver show` tells which parent contr
 from __future__ import annotations
 
 import difflib
+import random
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import libcst
 
+from ..config import MERGE_KIND
 from ..llm import LLM, LLMError
 from ..patches import apply_reply, truncated
-from ..task import Task
-from .reflective import _section as reply_section
+from .base import MergeRecord, ParentInfo, Proposal, ProposalContext
+from .prompts import Prompts, load_prompts, merge_prompt
+from .reflective import reply_section
 
 MARKER_SIZE = 19  # conflict markers longer than any a program plausibly contains
 
@@ -80,28 +83,6 @@ class ThreeWay:
 
 
 @dataclass(frozen=True)
-class ParentSummary:
-    """What the resolver knows of one parent."""
-
-    label: str  # c3, seed, ...
-    sha: str
-    wins: tuple[str, ...]  # validation instances where it beats the other parent
-    objectives: Mapping[str, float | None]
-    moved_sum: float  # its score sum on the validation instances where either parent differs from the base
-    reflections: tuple[str, ...] = ()  # diagnosis and change of the proposals since the base, one line each
-
-
-@dataclass(frozen=True)
-class MergeRequest:
-    task: Task
-    a: ParentSummary
-    b: ParentSummary
-    base_label: str
-    moved: tuple[str, ...] = ()  # the instances behind moved_sum
-    lessons: str = ""
-
-
-@dataclass(frozen=True)
 class Resolved:
     """Resolved conflicted files (path -> text or None), how each conflict was resolved, or a failure."""
 
@@ -112,24 +93,10 @@ class Resolved:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class MergeOutcome:
-    changes: Mapping[str, str | bytes | None] = field(default_factory=dict)  # on top of parent A
-    contributions: tuple[dict[str, Any], ...] = ()
-    conflicts: int = 0
-    resolution: str = "clean"  # clean | llm | builtin | failed
-    failure: str | None = None
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
-
 class ConflictResolver(Protocol):
     name: str  # recorded as the merge's resolution when there were conflicts
 
-    def resolve(self, merged: Mapping[str, FileMerge], request: MergeRequest) -> Resolved: ...
+    def resolve(self, merged: Mapping[str, FileMerge], ctx: ProposalContext) -> Resolved: ...
 
 
 # -- the 3-way merge --------------------------------------------------------------------------------------
@@ -284,37 +251,55 @@ def syntax_problem(path: str, content: str | bytes | None) -> str | None:
     return None
 
 
-class Merger:
-    """Merges two parents; conflicts go to the resolver."""
+class MergeProposer:
+    """A proposal with two parents: B's changes since the merge base merged into A, conflicts resolved by the
+    resolver. The engine validates, commits (a two-parent merge commit), evaluates and accepts it like any
+    proposal."""
+
+    name = MERGE_KIND
 
     def __init__(self, resolver: ConflictResolver) -> None:
         self.resolver = resolver
 
-    def merge(self, base: Mapping[str, bytes], a: Mapping[str, bytes], b: Mapping[str, bytes],
-              request: MergeRequest) -> MergeOutcome:
-        tw = three_way(base, a, b)
+    def propose(self, ctx: ProposalContext, rng: random.Random) -> Proposal:
+        a, b, base = ctx.parents[0], ctx.parents[1], ctx.base
+        assert base is not None, "a merge needs the merge base"
+        title = f"merge of {a.label} and {b.label} (base {base.label})"
+        wins = _wins_line(a.label, a.wins, b.label, b.wins)
+        tw = three_way(base.files, a.files, b.files)
         changes = dict(tw.changes)
         contributions = list(tw.contributions)
         conflicts = tw.conflicts
         resolution = "clean"
         if conflicts:
             resolution = self.resolver.name
-            resolved = self.resolver.resolve(tw.conflicted, request)
+            resolved = self.resolver.resolve(tw.conflicted, ctx)
             contributions += [{"path": c.path, "from": "conflict", "conflict": c.index,
                                "resolution": resolved.how.get(c.index, "unresolved"), "why": resolved.why}
                               for c in conflicts]
             if resolved.failure is not None:
-                return MergeOutcome(contributions=tuple(contributions), conflicts=len(conflicts),
-                                    resolution="failed", failure=resolved.failure, detail=resolved.detail)
+                return Proposal(diagnosis=wins, change=f"{title}: {len(conflicts)} conflict(s), unresolved",
+                                failure=resolved.failure, detail=resolved.detail,
+                                merge=MergeRecord(len(conflicts), "failed", tuple(contributions)))
             changes.update(resolved.files)
+        how = f"{len(conflicts)} conflict(s), resolution {resolution}" if conflicts else "clean"
+        record = MergeRecord(len(conflicts), resolution, tuple(contributions))
         for path, content in changes.items():
             # Two edits that each parse can still merge into a program that does not (or a resolution may).
             problem = syntax_problem(path, content)
             if problem:
-                return MergeOutcome(contributions=tuple(contributions), conflicts=len(conflicts),
-                                    resolution="failed", failure="syntax", detail=problem)
-        changes = {p: c for p, c in changes.items() if a.get(p) != (c.encode() if isinstance(c, str) else c)}
-        return MergeOutcome(changes, tuple(contributions), len(conflicts), resolution)
+                return Proposal(diagnosis=wins, change=f"{title}: {how}", failure="syntax", detail=problem,
+                                merge=replace(record, resolution="failed"))
+        changes = {p: c for p, c in changes.items() if a.files.get(p) != (c.encode() if isinstance(c, str) else c)}
+        return Proposal(changes=changes, diagnosis=wins, change=f"{title}: {how}", operator=resolution,
+                        merge=record)
+
+
+def _wins_line(la: str, a_wins: Sequence[str], lb: str, b_wins: Sequence[str]) -> str:
+    def names(ids: Sequence[str]) -> str:
+        return ", ".join(ids[:8]) + (f" (+{len(ids) - 8})" if len(ids) > 8 else "") if ids else "none"
+
+    return f"{la} is better on {names(a_wins)}; {lb} on {names(b_wins)}"
 
 
 # -- resolvers --------------------------------------------------------------------------------------------
@@ -322,12 +307,18 @@ def _side(c: Conflict, side: str) -> str:
     return c.a if side == "a" else c.b
 
 
-def _better_side(request: MergeRequest) -> tuple[str, str]:
+def moved_sum(parent: ParentInfo, moved: Sequence[str]) -> float:
+    per = parent.val.per_instance if parent.val is not None else {}
+    return sum(per.get(i) or 0.0 for i in moved)
+
+
+def _better_side(ctx: ProposalContext) -> tuple[str, str]:
     """The parent that scores better where their changes moved the scores (ties: the better mean score)."""
-    a, b = request.a, request.b
-    mean = (a.objectives.get("score") or 0.0, b.objectives.get("score") or 0.0)
-    side = "a" if (a.moved_sum, mean[0]) >= (b.moved_sum, mean[1]) else "b"
-    why = (f"{a.label} sums {a.moved_sum:.4g}, {b.label} {b.moved_sum:.4g} on the {len(request.moved)} "
+    a, b = ctx.parents[0], ctx.parents[1]
+    mean = [(p.val.objectives.get("score") or 0.0) if p.val is not None else 0.0 for p in (a, b)]
+    sums = (moved_sum(a, ctx.moved), moved_sum(b, ctx.moved))
+    side = "a" if (sums[0], mean[0]) >= (sums[1], mean[1]) else "b"
+    why = (f"{a.label} sums {sums[0]:.4g}, {b.label} {sums[1]:.4g} on the {len(ctx.moved)} "
            "validation instances where the parents differ from the base")
     return side, why
 
@@ -337,8 +328,8 @@ class ScoreResolver:
 
     name = "builtin"
 
-    def resolve(self, merged: Mapping[str, FileMerge], request: MergeRequest) -> Resolved:
-        side, why = _better_side(request)
+    def resolve(self, merged: Mapping[str, FileMerge], ctx: ProposalContext) -> Resolved:
+        side, why = _better_side(ctx)
         files: dict[str, str | bytes | None] = {}
         how: dict[int, str] = {}
         for path, fm in merged.items():
@@ -347,75 +338,25 @@ class ScoreResolver:
         return Resolved(files=files, how=how, why=why)
 
 
-MERGE_SYSTEM = """You merge two improved versions (A and B) of a program that descend from a common base version.
-Where both changed the same lines, the file shows a placeholder line `<<CONFLICT N>>`; each conflict is listed
-with the base lines and both versions of them. Combine the two improvements: keep what makes each version better
-where the other is not, and produce one coherent program.
-
-Reply in exactly this form:
-## Diagnosis
-What each version's change does and how they combine.
-## Change
-One sentence: how you resolved the conflicts.
-## Edits
-One SEARCH/REPLACE block per conflict, each preceded by the file's path on its own line; SEARCH is the
-placeholder line exactly as shown, REPLACE the resolved lines:
-path/to/file.py
-<<<<<<< SEARCH
-<<CONFLICT 1>>
-=======
-the resolved lines
->>>>>>> REPLACE
-
-Resolve every conflict; edit nothing else."""
-
-
-def _fence(text: str) -> str:
-    return "```\n" + (text if text.endswith("\n") or not text else text + "\n") + "```"
-
-
-def build_merge_prompt(merged: Mapping[str, FileMerge], request: MergeRequest) -> str:
-    task = request.task
-    sections = [f"# Task: {task.name}", f"Objective: {task.objective or '(not stated)'}"]
-    if task.background:
-        sections.append(f"Background:\n{task.background}")
-    for name, p, other in (("A", request.a, request.b), ("B", request.b, request.a)):
-        objectives = ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} -" for k, v in p.objectives.items())
-        wins = ", ".join(p.wins[:20]) or "none"
-        lines = [f"## Version {name} ({p.label})", f"Validation: {objectives}.",
-                 f"Better than {other.label} on: {wins}."]
-        if p.reflections:
-            lines.append("Its changes since the base (diagnosis | change):\n" +
-                         "\n".join(f"- {r}" for r in p.reflections))
-        sections.append("\n".join(lines))
-    if request.lessons:
-        sections.append(f"## Lessons from earlier proposals\n{request.lessons}")
-    for path, fm in sorted(merged.items()):
-        sections.append(f"## File {path} (merged, with conflict placeholders)\n{_fence(fm.with_placeholders())}")
-        for c in fm.conflicts:
-            sections.append(f"### CONFLICT {c.index} in {path}\nbase ({request.base_label}):\n{_fence(c.base)}\n"
-                            f"A ({request.a.label}):\n{_fence(c.a)}\nB ({request.b.label}):\n{_fence(c.b)}")
-    return "\n\n".join(sections)
-
-
 class LLMResolver:
     """An LLM resolves the conflicts with edits on the placeholder lines; failures get repair turns."""
 
     name = "llm"
 
-    def __init__(self, llm: LLM, repair_turns: int = 2) -> None:
+    def __init__(self, llm: LLM, repair_turns: int = 2, prompts: Prompts | None = None) -> None:
         self.llm, self.repair_turns = llm, repair_turns
+        self.prompts = prompts or load_prompts()
 
-    def resolve(self, merged: Mapping[str, FileMerge], request: MergeRequest) -> Resolved:
+    def resolve(self, merged: Mapping[str, FileMerge], ctx: ProposalContext) -> Resolved:
         whole = {p: fm for p, fm in merged.items() if fm.conflicts[0].whole_file}
         textual = {p: fm for p, fm in merged.items() if p not in whole}
         # Binary, deleted or both-created files have no lines to combine: the better parent's version is kept.
-        fallback = ScoreResolver().resolve(whole, request) if whole else Resolved()
+        fallback = ScoreResolver().resolve(whole, ctx) if whole else Resolved()
         if not textual:
             return fallback
         files = {p: fm.with_placeholders() for p, fm in textual.items()}
-        messages = [{"role": "system", "content": MERGE_SYSTEM},
-                    {"role": "user", "content": build_merge_prompt(textual, request)}]
+        messages = [{"role": "system", "content": self.prompts.render("merge_system")},
+                    {"role": "user", "content": merge_prompt(self.prompts, textual, ctx)}]
         detail = ""
         for turn in range(self.repair_turns + 1):
             try:
@@ -426,7 +367,7 @@ class LLMResolver:
             if reply.truncated or truncated(text):
                 return Resolved(failure="truncated", detail=f"the reply was cut off (finish_reason="
                                 f"{reply.finish_reason})")
-            result = apply_reply(text, dict(files), request.task.is_mutable)
+            result = apply_reply(text, dict(files), ctx.task.is_mutable)
             problems = [] if result.ok else [result.feedback()]
             resolved = {**files, **result.changes} if result.ok else files
             left = [c for fm in textual.values() for c in fm.conflicts
@@ -440,8 +381,8 @@ class LLMResolver:
                                 how={**fallback.how, **how}, why=_change_line(text))
             detail = f"after {turn + 1} turn(s): " + "\n".join(problems)
             messages += [{"role": "assistant", "content": text},
-                         {"role": "user", "content": "Your resolution could not be used:\n" + "\n".join(problems) +
-                          "\nReply again in the same form, with one SEARCH/REPLACE block per placeholder."}]
+                         {"role": "user", "content": self.prompts.render("merge_repair",
+                                                                         problems="\n".join(problems))}]
         return Resolved(failure="conflict_unresolved", detail=detail)
 
 

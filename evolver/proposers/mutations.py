@@ -385,9 +385,24 @@ def _choose(sites: list[Site], rng: random.Random, focus_functions: set[str] | N
     return rng.choice([s for s in pool if s.kind == kind])
 
 
+@dataclass(frozen=True)
+class MutantSource:
+    source: str
+    description: str  # one line: what changed where
+    kind: str  # one of KINDS
+
+
 def mutate_source(source: str, rng: random.Random, focus_functions: set[str] | None = None, *,
                   focus_lines: set[int] | None = None, attempts: int = 20, avoid: set[str] | None = None,
                   prefs: Preferences = NO_PREFERENCES) -> tuple[str, str] | None:
+    """`mutate`'s mutant as (source, description)."""
+    m = mutate(source, rng, focus_functions, focus_lines=focus_lines, attempts=attempts, avoid=avoid, prefs=prefs)
+    return (m.source, m.description) if m is not None else None
+
+
+def mutate(source: str, rng: random.Random, focus_functions: set[str] | None = None, *,
+           focus_lines: set[int] | None = None, attempts: int = 20, avoid: set[str] | None = None,
+           prefs: Preferences = NO_PREFERENCES) -> MutantSource | None:
     """One mutant of `source` that parses and differs from it, with a one-line description; None if none.
 
     `avoid`: descriptions not to produce again (mutations already tried and rejected)."""
@@ -409,8 +424,9 @@ def mutate_source(source: str, rng: random.Random, focus_functions: set[str] | N
             ast.parse(new)
         except (cst.ParserSyntaxError, SyntaxError, ValueError):
             continue
-        return new, desc
+        return MutantSource(new, desc, site.kind)
     return None
 
 
-__all__ = ["KINDS", "MODULE", "NO_PREFERENCES", "Preferences", "Site", "collect_sites", "mutate_source"]
+__all__ = ["KINDS", "MODULE", "NO_PREFERENCES", "MutantSource", "Preferences", "Site", "collect_sites", "mutate",
+           "mutate_source"]

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("instance", "objective", "hybrid")
-# Statuses where the candidate failed to produce a result: no score to be best with.
-FAILED_STATUSES = frozenset({"error", "timeout", "memory", "crashed", "no_output", "output_limit"})
+from .config import FAILED_STATUSES, FRONTIER_MODES, PASSING_STATUSES, PRIMARY_OBJECTIVE, one_of
+
+__all__ = ["FAILED_STATUSES", "CandidateScores", "Frontier", "build_frontier", "rank_key", "scores_from_results"]
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,8 @@ def objective_front(cands: Sequence[CandidateScores], directions: Mapping[str, s
 
 def build_frontier(cands: Sequence[CandidateScores], instances: Sequence[str], directions: Mapping[str, str],
                    mode: str = "instance") -> Frontier:
-    if mode not in MODES:
-        raise ValueError(f"frontier mode: expected one of {', '.join(MODES)}, found {mode!r}")
+    if mode not in FRONTIER_MODES:
+        raise ValueError(f"frontier mode: expected {one_of(FRONTIER_MODES)}, found {mode!r}")
     order = [c.candidate for c in cands]
     best_on = best_per_instance(cands, instances)
     weight: dict[str, float] = {}
@@ -134,12 +134,13 @@ def scores_from_results(candidate: str, results: Sequence[Any], directions: Mapp
     instances only when none failed, else missing: a candidate must not reach the objective front by being
     fast at failing."""
     # A skipped test (pytest tasks) measured nothing, and failed nothing either.
-    all_ok = all(r.status in ("ok", "skipped") for r in results)
+    all_ok = all(r.status in PASSING_STATUSES for r in results)
     mean_score = sum(r.score for r in results) / len(results) if results else 0.0
     objectives: dict[str, float | None] = {}
     for name in directions:
         vals = [v for r in results if r.status == "ok" and (v := r.objectives.get(name)) is not None]
-        objectives[name] = mean_score if name == "score" else (sum(vals) / len(vals) if all_ok and vals else None)
+        mean = sum(vals) / len(vals) if all_ok and vals else None
+        objectives[name] = mean_score if name == PRIMARY_OBJECTIVE else mean
     per = {r.instance: (r.score if r.status not in FAILED_STATUSES else None) for r in results}
     return CandidateScores(candidate, per, objectives)
 
@@ -148,7 +149,7 @@ def rank_key(objectives: Mapping[str, float | None], directions: Mapping[str, st
     """Order of "best": the score, then the task's other objectives in their declared order and direction, so
     that among candidates that all pass (a pytest task) the faster one is best, not the oldest."""
     key = []
-    for name, direction in {"score": "max", **directions}.items():
+    for name, direction in {PRIMARY_OBJECTIVE: "max", **directions}.items():
         value = objectives.get(name)
         if value is None or not math.isfinite(value):
             key.append(float("-inf"))

@@ -1,0 +1,202 @@
+"""The one reader of a run's state: standings, frontier, best candidate, outcomes and totals.
+
+`Standings` turns the accepted candidates' validation results into the frontier and the best candidate. The
+engine fills one as it accepts candidates; `read_state` fills one from the store, with the results the engine
+stored under its own evaluator's key (recorded in the run's settings) and folded over repeats by the same
+`aggregate` (medians) the evaluator uses. `evolver status`, `show`, `export`, `optimize()`'s result and any
+report read a run through `read_state`; nothing else recomputes the frontier or the best candidate.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import MERGE_KIND, PRIMARY_OBJECTIVE
+from .errors import UserInputError
+from .evaluation import InstanceResult, aggregate, cache_key, instances_for
+from .frontier import CandidateScores, Frontier, build_frontier, rank_key, scores_from_results
+from .repo import RunRepo, seed_branch
+from .store import MergeRow, ProposalRow, RunRow, Store
+from .task import Task, load_task
+
+
+def validation_ids(task: Task) -> list[str]:
+    """The instances candidates are validated on: the val split (generalization); without one, the train split
+    itself (multi-task search over a dataset, or single-task search on one problem)."""
+    val = [i for i, _ in instances_for(task, "val")]
+    return val or [i for i, _ in instances_for(task, "train")]
+
+
+class Standings:
+    """Accepted candidates' validation results -> frontier and best (oldest candidate first)."""
+
+    def __init__(self, val_ids: Sequence[str], objectives: Mapping[str, str], mode: str) -> None:
+        self.val_ids, self.objectives, self.mode = list(val_ids), dict(objectives), mode
+        self._scores: dict[str, CandidateScores] = {}
+        self._results: dict[str, tuple[InstanceResult, ...]] = {}
+        self._frontier: Frontier | None = None
+
+    def add(self, sha: str, results: Sequence[InstanceResult]) -> CandidateScores:
+        scores = scores_from_results(sha, results, self.objectives)
+        self._scores[sha], self._results[sha] = scores, tuple(results)
+        self._frontier = None
+        return scores
+
+    def __contains__(self, sha: object) -> bool:
+        return sha in self._scores
+
+    def __len__(self) -> int:
+        return len(self._scores)
+
+    def candidates(self) -> list[str]:
+        return list(self._scores)
+
+    def scores(self, sha: str) -> CandidateScores:
+        return self._scores[sha]
+
+    def results(self, sha: str) -> tuple[InstanceResult, ...]:
+        return self._results[sha]
+
+    def mean_score(self, sha: str) -> float:
+        return self._scores[sha].objectives.get(PRIMARY_OBJECTIVE) or 0.0
+
+    def sum_on(self, sha: str, ids: Sequence[str]) -> float:
+        per = self._scores[sha].per_instance
+        return sum(per.get(i) or 0.0 for i in ids)
+
+    def frontier(self) -> Frontier:
+        # Rebuilt only when a candidate joins: selection and the live view reuse it.
+        if self._frontier is None:
+            self._frontier = build_frontier(list(self._scores.values()), self.val_ids, self.objectives, self.mode)
+        return self._frontier
+
+    def best(self) -> str | None:
+        if not self._scores:
+            return None
+        return max(self._scores, key=lambda s: rank_key(self._scores[s].objectives, self.objectives))
+
+    def best_objectives(self) -> dict[str, float | None] | None:
+        b = self.best()
+        return dict(self._scores[b].objectives) if b else None
+
+    def improves_on(self, sha: str, before: Mapping[str, float | None] | None) -> bool:
+        """Whether `sha` ranks above the objectives `before` (the best before it joined)."""
+        return not before or rank_key(self._scores[sha].objectives, self.objectives) > rank_key(
+            before, self.objectives)
+
+    def best_per_instance(self) -> dict[str, tuple[str, ...]]:
+        """Instance -> the candidates tied for its best score (multi-task search: the best candidate per task)."""
+        order = {s: k for k, s in enumerate(self._scores)}
+        return {i: tuple(sorted(c, key=order.__getitem__)) for i, c in self.frontier().best_on.items()}
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Everything the views of a run show, computed once from the store and the repository."""
+
+    name: str
+    path: Path
+    run: RunRow
+    task: Task
+    seed: str
+    standings: Standings
+    labels: Mapping[str, str]  # sha -> seed | c<N>
+    branches: Mapping[str, str]  # sha -> branch
+    proposals: tuple[ProposalRow, ...]
+    merges: tuple[MergeRow, ...]
+    llm: Mapping[str, float]
+
+    def label(self, sha: str) -> str:
+        return self.labels.get(sha, sha[:10])
+
+    def best(self) -> str | None:
+        return self.standings.best()
+
+    def outcome_counts(self) -> dict[str, int]:
+        return dict(Counter(f"{p.status}:{p.reason}" for p in self.proposals))
+
+    def proposal_of(self, sha: str) -> ProposalRow | None:
+        return next((p for p in self.proposals if p.child_sha == sha), None)
+
+    def lineage(self, sha: str) -> list[str]:
+        """First-parent history from the seed to `sha`, as shas."""
+        parents = {c: p.parents for p in self.proposals if (c := p.child_sha)}
+        out = [sha]
+        while (ps := parents.get(out[-1])) and ps[0] not in out:
+            out.append(ps[0])
+        if out[-1] != self.seed:
+            out.append(self.seed)
+        return list(reversed(out))
+
+
+def eval_key(run: RunRow, task: Task) -> str:
+    """The key the engine stores validation results under (recorded at its start; runs made before it was
+    recorded were evaluated in a sandbox, whose key is derived from the task)."""
+    return run.config.get("eval_key") or cache_key(task)
+
+
+def accepted_order(seed: str, proposals: Sequence[ProposalRow]) -> list[str]:
+    """The seed, then accepted candidates in the order they were proposed: the order the engine loads them."""
+    return [seed] + [p.child_sha for p in proposals if p.status == "accepted" and p.child_sha]
+
+
+def load_standings(store: Store, repo: RunRepo, key: str, task: Task, shas: Sequence[str], mode: str,
+                   repeats: int) -> Standings:
+    val = validation_ids(task)
+    standings = Standings(val, task.objectives, mode)
+    for sha in shas:
+        rows = store.cached(key, repo.tree_sha(sha), val)
+        if not all((i, r) in rows for i in val for r in range(repeats)):
+            continue  # not (yet) validated under this evaluator: it has no standing
+        standings.add(sha, [aggregate([rows[(i, r)] for r in range(repeats)], cached=True) for i in val])
+    return standings
+
+
+def open_run(run_dir: str | Path) -> tuple[Store, RunRepo, RunRow]:
+    path = Path(run_dir)
+    if not (path / "run.db").exists():
+        raise UserInputError(f"{path}: expected a run directory (with run.db), found none")
+    store = Store(path / "run.db")
+    row = store.run(path.resolve().name)
+    if row is None:
+        store.close()
+        raise UserInputError(f"{path}: expected an evolution run, found only evaluations (evolver eval)")
+    return store, RunRepo.open_or_init(path / "repo"), row
+
+
+def read_state(run_dir: str | Path) -> RunState:
+    """The state of the run in `run_dir`, from its run.db and repository."""
+    path = Path(run_dir)
+    store, repo, row = open_run(path)
+    try:
+        task = load_task(row.task_path)
+        seed = repo.branch_sha(seed_branch(row.name))
+        if seed is None:
+            raise UserInputError(f"{path}: the run has no seed commit yet")
+        proposals = tuple(store.proposals(row.name))
+        mode = row.config.get("loop", {}).get("frontier", task.evolve.frontier)
+        standings = load_standings(store, repo, eval_key(row, task), task, accepted_order(seed, proposals), mode,
+                                   task.repeats)
+        labels = {seed: "seed", **{p.child_sha: f"c{p.id}" for p in proposals if p.child_sha}}
+        branches = {c.sha: c.branch for c in store.candidates(row.name) if c.branch}
+        return RunState(name=row.name, path=path, run=row, task=task, seed=seed, standings=standings,
+                        labels=labels, branches=branches, proposals=proposals,
+                        merges=tuple(store.merges(row.name)), llm=store.llm_totals(row.name))
+    finally:
+        store.close()
+
+
+def merge_summary(state: RunState) -> dict[str, Any]:
+    """Merge attempts: how many, their outcomes, their resolutions, and each attempt's pair."""
+    by_id = {p.id: p for p in state.proposals}
+    attempts = [{"merge": f"c{m.proposal_id}", "parents": [state.label(m.parent_a), state.label(m.parent_b)],
+                 "base": state.label(m.base), "conflicts": m.conflicts, "resolution": m.resolution,
+                 "outcome": f"{by_id[m.proposal_id].status}:{by_id[m.proposal_id].reason}"}
+                for m in state.merges if m.proposal_id in by_id and by_id[m.proposal_id].kind == MERGE_KIND]
+    return {"attempts": len(attempts), "accepted": sum(a["outcome"] == "accepted:accepted" for a in attempts),
+            "outcomes": dict(Counter(a["outcome"] for a in attempts)),
+            "resolutions": dict(Counter(a["resolution"] for a in attempts)), "pairs": attempts}

@@ -1,0 +1,65 @@
+"""One reader of a run's state: `evolver status` shows what the engine decided on, medians over repeats
+included, for sandbox-evaluated tasks."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from conftest import write_task
+
+from evolver.engine.budget import Budget
+from evolver.run_state import eval_key, read_state
+from evolver.runs import ModelConfig, start_run
+from evolver.store import Store
+from evolver.views import status
+
+# A judge whose score varies between repeats: the first repeat is not the median.
+NOISY = '''
+import random
+from evolver_harness import report
+
+def prepare(instance):
+    return {"x": int(instance[1:])}
+
+def produce(inputs):
+    import sol
+    return sol.f(inputs["x"])
+
+def judge(instance, inputs, output, usage):
+    return report(instance, random.random(), cpu_s=usage["cpu_s"])
+'''
+
+
+def test_status_shows_the_engines_medians_over_repeats(tmp_path: Path) -> None:
+    task = write_task(tmp_path / "task", evaluate_py=NOISY, train=("i1", "i2", "i3"))
+    (task / "instances.toml").write_text('train = ["i1", "i2", "i3"]\nval = ["i4", "i5", "i6"]\n')
+    toml = (task / "task.toml").read_text().replace("[evaluate]\n", "[evaluate]\nrepeats = 3\n")
+    (task / "task.toml").write_text(toml)
+    result = start_run(task, ModelConfig(model="builtin"), Budget(max_iterations=2), run_dir=tmp_path / "run")
+    doc = status(tmp_path / "run")
+    state = read_state(tmp_path / "run")
+    store = Store(tmp_path / "run" / "run.db")
+    try:
+        key = eval_key(state.run, state.task)
+        tree = store.candidate(state.seed).tree
+        rows = store.cached(key, tree, ["i4", "i5", "i6"])
+    finally:
+        store.close()
+    assert len(rows) == 9  # three repeats of each validation instance
+    medians = [statistics.median(rows[(i, r)].score for r in range(3)) for i in ("i4", "i5", "i6")]
+    firsts = [rows[(i, 0)].score for i in ("i4", "i5", "i6")]
+    seed_row = next(c for c in doc["candidates"] if c["candidate"] == "seed")
+    assert seed_row["objectives"]["score"] == statistics.fmean(medians) != statistics.fmean(firsts)
+    best_row = next(c for c in doc["candidates"] if c["candidate"] == doc["best"])
+    assert best_row["objectives"] == result.best_objectives  # what the engine decided with
+
+
+def test_a_state_reader_never_writes(tmp_path: Path) -> None:
+    task = write_task(tmp_path / "task", train=("i1", "i2"))
+    (task / "instances.toml").write_text('train = ["i1", "i2"]\nval = ["i3"]\n')
+    start_run(task, ModelConfig(model="builtin"), Budget(max_iterations=1), run_dir=tmp_path / "run")
+    db = tmp_path / "run" / "run.db"
+    before = db.read_bytes()
+    status(tmp_path / "run")
+    assert db.read_bytes() == before
