@@ -16,12 +16,11 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Protocol
 
+from .config import UNCACHED_STATUSES
 from .sandbox.base import Sandbox, SandboxJob, SandboxLimits, SandboxRun, harness_package_dir
 from .store import EvaluationRow, Store
 from .task import SPLITS, Task, digest_files
 
-# Not the candidate's fault: never cached, so the next evaluation tries again.
-UNCACHED_STATUSES = frozenset({"evaluator_error", "sandbox_error"})
 MAX_BATCH = 8
 
 
@@ -41,7 +40,8 @@ class InstanceResult:
     trusted: bool = True
     backend: str = ""
     repeats: int = 1
-    frames: tuple[dict[str, Any], ...] = ()  # the failing traceback's frames in candidate files, innermost last
+    # Where the failure was raised: candidate-file frames {"file", "line", "function"}, innermost last.
+    frames: tuple[dict[str, Any], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -53,6 +53,7 @@ class InstanceResult:
             "objectives": self.objectives, "feedback": self.feedback, "profile": list(self.profile),
             "usage": self.usage, "stdout": self.stdout, "stderr": self.stderr, "cached": self.cached,
             "trusted_scores": self.trusted, "backend": self.backend, "repeats": self.repeats,
+            "frames": list(self.frames),
         }
 
 
@@ -77,6 +78,16 @@ def default_workers(task: Task) -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _frames(value: Any) -> list[dict[str, Any]]:
+    """The harness validated the frames already; only their shape is checked here, so that what the store
+    keeps and the proposers read is always {"file": str, "line": int, "function": str}."""
+    if not isinstance(value, list):
+        return []
+    return [{"file": f["file"], "line": f["line"], "function": f["function"]} for f in value
+            if isinstance(f, dict) and isinstance(f.get("file"), str) and isinstance(f.get("function"), str)
+            and isinstance(f.get("line"), int) and not isinstance(f.get("line"), bool)]
+
+
 def _row_from_payload(
     rec: dict[str, Any], split: str | None, repeat: int, backend: str, trusted: bool
 ) -> EvaluationRow:
@@ -84,7 +95,8 @@ def _row_from_payload(
         instance=str(rec["instance"]), repeat=repeat, split=split, status=str(rec.get("status", "error")),
         score=float(rec.get("score") or 0.0), objectives=dict(rec.get("objectives") or {}),
         feedback=str(rec.get("feedback", "")), profile=list(rec.get("profile") or []), usage=rec.get("usage"),
-        stdout=str(rec.get("stdout", "")), stderr=str(rec.get("stderr", "")), backend=backend, trusted=trusted)
+        stdout=str(rec.get("stdout", "")), stderr=str(rec.get("stderr", "")), backend=backend, trusted=trusted,
+        frames=_frames(rec.get("frames")))
 
 
 def _sandbox_failure_rows(run: SandboxRun, batch: Sequence[tuple[str, str | None, int]]) -> list[EvaluationRow]:
@@ -115,7 +127,8 @@ def aggregate(rows: Sequence[EvaluationRow], cached: bool) -> InstanceResult:
         instance=first.instance, split=first.split, status=shown.status,
         score=statistics.median(r.score for r in rows), objectives=objectives, feedback=shown.feedback,
         profile=tuple(shown.profile), usage=shown.usage, stdout=shown.stdout, stderr=shown.stderr,
-        cached=cached, trusted=all(r.trusted for r in rows), backend=shown.backend, repeats=len(rows))
+        cached=cached, trusted=all(r.trusted for r in rows), backend=shown.backend, repeats=len(rows),
+        frames=tuple(shown.frames))
 
 
 @lru_cache(maxsize=1)

@@ -82,6 +82,7 @@ class FunctionEvaluator:
             if not math.isfinite(score):
                 status, score, feedback = "invalid", 0.0, f"non-finite score\n{feedback}"
         except Exception as exc:  # noqa: BLE001 - the evaluator's failure is this instance's side information
+            # Its traceback runs through the user's function, not through candidate files: no frames.
             status, score = "error", 0.0
             feedback = "".join(traceback.format_exception(exc, limit=-6))
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -110,5 +111,5 @@ class FunctionEvaluator:
             r = rows[i]
             out.append(InstanceResult(instance=i, split=s, status=r.status, score=r.score, objectives=r.objectives,
                                       feedback=r.feedback, usage=r.usage, cached=(i, 0) in cached,
-                                      backend="function"))
+                                      backend="function", frames=()))
         return out

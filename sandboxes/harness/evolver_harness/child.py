@@ -26,6 +26,12 @@ def format_exception(*args, **kwargs) -> str:
     return fmt(*args, **kwargs)
 
 
+def candidate_frames(exc: BaseException, candidate_dir: str) -> list:
+    from .tracebacks import candidate_frames as frames
+
+    return frames(exc, candidate_dir)
+
+
 def _profiler():
     import cProfile  # only when asked: it and pstats cost start-up time in every child
 
@@ -51,6 +57,7 @@ def _failure(exc: BaseException, job: dict) -> dict:
         "kind": kind,
         "error": f"{type(exc).__name__}: {exc}"[:2000],
         "traceback": format_exception(exc, job["candidate_dir"], job["roots"]),
+        "frames": candidate_frames(exc, job["candidate_dir"]),
     }
 
 
@@ -99,7 +106,7 @@ class _PytestCollector:
     def pytest_runtest_logreport(self, report) -> None:
         rec = self.records.setdefault(
             report.nodeid, {"outcome": "passed", "duration_s": 0.0, "message": "", "traceback": "",
-                            "stdout": "", "stderr": ""}
+                            "frames": [], "stdout": "", "stderr": ""}
         )
         rec["duration_s"] += float(getattr(report, "duration", 0.0) or 0.0)
         if report.failed:
@@ -111,6 +118,7 @@ class _PytestCollector:
                 # Test frames show which call failed; candidate frames show where.
                 rec["traceback"] = format_exception(excinfo, self.job["candidate_dir"], self.job["roots"],
                                                     also_keep=(self.job["tests_dir"],))
+                rec["frames"] = candidate_frames(excinfo, self.job["candidate_dir"])
         elif report.skipped and rec["outcome"] == "passed":
             rec["outcome"] = "skipped"
             if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:

@@ -1,12 +1,33 @@
 """Tracebacks as side information: paths relabelled, frames outside the candidate trimmed.
 
 Absolute sandbox paths change with every evaluation; relabelling them (`candidate/x.py`, `task/y.py`) keeps
-feedback stable, so identical failures fold together and cached results read the same.
+feedback stable, so identical failures fold together and cached results read the same. Besides the text, a
+failure's frames in candidate files go to the host as records, so that nothing has to parse the text back.
 """
 
 from __future__ import annotations
 
 MAX_FRAMES = 12
+MAX_FRAME_RECORDS = 32  # frames of one failure sent as records; a deeper stack keeps its two ends
+
+
+def clip_frames(frames: list) -> list:
+    """At most MAX_FRAME_RECORDS: the outermost two (where the evaluator called in) and the innermost rest."""
+    if len(frames) > MAX_FRAME_RECORDS:
+        return frames[:2] + frames[-(MAX_FRAME_RECORDS - 2) :]
+    return frames
+
+
+def candidate_frames(exc: BaseException, candidate_dir: str) -> list[dict]:
+    """The frames of `exc`'s traceback that run candidate files, outermost first: {"file": path relative to
+    the candidate root, "line": int, "function": name}. Empty when no candidate frame is on the traceback."""
+    import traceback
+
+    root = candidate_dir.rstrip("/") + "/"
+    frames = [{"file": f.filename[len(root) :], "line": int(f.lineno), "function": f.name}
+              for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename.startswith(root) and f.lineno is not None]
+    return clip_frames(frames)
 
 
 def relabel(text: str, roots: dict[str, str]) -> str:

@@ -16,7 +16,7 @@ import time
 from . import reporting
 from .modules import load_file_module
 from .spawn import ChildIdentity, ChildLimits, ChildRun, harden_self, kill_leftovers, run_child
-from .tracebacks import relabel
+from .tracebacks import MAX_FRAME_RECORDS, clip_frames, relabel
 
 TYPE_CHECKING = False  # typing costs ~15 ms of start-up in every sandbox process
 if TYPE_CHECKING:
@@ -74,19 +74,41 @@ def _child_json(text: str) -> Any:
 _PROFILE_NUMBERS = ("ncalls", "primitive_calls", "tottime_s", "cumtime_s")
 
 
+def _location(file: Any, line: Any, name: Any) -> bool:
+    """A place in a candidate file as the child reports it: a short relative path that stays inside the
+    candidate, a line number, a short name. The child writes its document itself, so it is checked here."""
+    return (isinstance(file, str) and 0 < len(file) <= 300 and file.isprintable() and not file.startswith("/")
+            and ".." not in file.split("/")
+            and isinstance(line, int) and not isinstance(line, bool) and 0 <= line < 10_000_000
+            and isinstance(name, str) and 0 < len(name) <= 200 and name.isprintable())
+
+
 def _profile_rows(rows: Any) -> list[dict[str, Any]]:
     """The child's hot spots, kept only in the shape profiling.hot_spots makes: the child can write anything
-    into its document, and the host renders these rows as they are."""
+    into its document, and the host renders these rows as they are. The display string is rebuilt from the
+    checked parts, so it cannot say something else than they do."""
     if not isinstance(rows, list):
         return []
     kept = []
     for row in rows[:20]:
-        if not isinstance(row, dict) or not isinstance(row.get("function"), str):
+        if not isinstance(row, dict) or not _location(row.get("file"), row.get("line"), row.get("name")):
             continue
         numbers = {k: row.get(k) for k in _PROFILE_NUMBERS}
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values()):
-            kept.append({"function": row["function"][:500], **numbers})
+            where = {"file": row["file"], "line": row["line"], "name": row["name"]}
+            kept.append({"function": f"{where['file']}:{where['line']}({where['name']})", **where, **numbers})
     return kept
+
+
+def _frame_rows(frames: Any) -> list[dict[str, Any]]:
+    """The child's traceback frames, kept only in the shape tracebacks.candidate_frames makes (a bad frame is
+    dropped, never the instance), at most MAX_FRAME_RECORDS of them."""
+    if not isinstance(frames, list):
+        return []
+    kept = [{"file": f["file"], "line": f["line"], "function": f["function"]}
+            for f in frames[: 2 * MAX_FRAME_RECORDS]
+            if isinstance(f, dict) and _location(f.get("file"), f.get("line"), f.get("function"))]
+    return clip_frames(kept)
 
 
 def _usage(run: ChildRun) -> dict[str, float]:
@@ -96,8 +118,8 @@ def _usage(run: ChildRun) -> dict[str, float]:
 def _base(instance: str, run: ChildRun | None) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "instance": instance, "status": "ok", "score": 0.0, "objectives": {}, "feedback": "",
-        "artifacts": {}, "profile": [], "usage": None, "stdout": "", "stderr": "", "exit_code": None,
-        "signal": None,
+        "artifacts": {}, "profile": [], "frames": [], "usage": None, "stdout": "", "stderr": "",
+        "exit_code": None, "signal": None,
     }
     if run is not None:
         rec.update(usage=_usage(run), stdout=run.stdout, stderr=run.stderr, exit_code=run.exit_code,
@@ -256,6 +278,8 @@ class Harness:
             rec["profile"] = _profile_rows(doc.get("profile"))
         if run.timed_out or doc is None or not doc.get("ok"):
             rec["status"], rec["feedback"] = _classify_failure(run, doc, self.limits)
+            if doc is not None and not run.timed_out:  # where produce raised, when it did
+                rec["frames"] = _frame_rows(doc.get("frames"))
             return rec
         try:
             output = _child_json(doc["output_json"])
@@ -316,6 +340,7 @@ class Harness:
                     "\n".join(p for p in (message, tb) if p))
                 rec["stdout"], rec["stderr"] = t.get("stdout", ""), t.get("stderr", "")
                 if outcome != "passed":
+                    rec["frames"] = _frame_rows(t.get("frames"))
                     for name in ("stdout", "stderr"):
                         if rec[name].strip():
                             feedback += f"\n--- captured {name} ---\n{rec[name][-1500:]}"
