@@ -1,11 +1,16 @@
 """Registries: evolver's own entries, and third-party ones found through real entry points.
 
 The plug-in is a package written into tmp_path with a `<name>-0.0.0.dist-info/` folder beside it (METADATA and
-entry_points.txt), as pip would install it: importlib.metadata finds it on sys.path for real.
+entry_points.txt), as pip would install it: importlib.metadata finds it on sys.path for real, in this process
+and in a CLI subprocess whose PYTHONPATH names the folder.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from evolver.sandbox import ProcessSandbox, make_sandbox
 from evolver.task import load_task
 from evolver.task_kinds import PYTEST, PYTHON, TaskKind
 
+ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_BACKEND = "renamed-process"
 
 PLUGIN_MODULES = {
@@ -111,6 +117,27 @@ def test_third_party_backend_is_used_by_evaluate(plugin_site: Path, tmp_path: Pa
     assert report.backend == PLUGIN_BACKEND and report.isolation["backend"] == PLUGIN_BACKEND
     assert [r.status for r in report.results] == ["ok", "ok"]
     assert {r.backend for r in report.results} == {PLUGIN_BACKEND}
+
+
+def test_third_party_backend_through_the_cli(plugin_site: Path, tmp_path: Path) -> None:
+    task = plugin_task(tmp_path / "task")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(ROOT), str(ROOT / "sandboxes" /
+                                                                                         "harness")])}
+
+    def evolver(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "evolver.cli", *args], capture_output=True, text=True,
+                              timeout=120, env=env)
+
+    named = evolver("eval", str(task), "--run", str(tmp_path / "run"), "--json")
+    assert named.returncode == 0, named.stderr
+    assert json.loads(named.stdout)["backend"] == PLUGIN_BACKEND
+    # The flag's choices are the registry's names: the plug-in's is one of them.
+    plain = plugin_task(tmp_path / "plain", backend="process")
+    flag = evolver("eval", str(plain), "--run", str(tmp_path / "run2"), "--backend", PLUGIN_BACKEND, "--json")
+    assert flag.returncode == 0, flag.stderr
+    assert json.loads(flag.stdout)["backend"] == PLUGIN_BACKEND
+    bad = evolver("eval", str(plain), "--backend", "vm")
+    assert bad.returncode == 2 and PLUGIN_BACKEND in bad.stderr and "docker" in bad.stderr
 
 
 def test_third_party_task_kind_is_accepted_by_load_task(plugin_site: Path, tmp_path: Path) -> None:
