@@ -2,146 +2,147 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .config import ACCEPT_RULES, AUTO_BACKEND, FRONTIER_MODES, Defaults, one_of
+from .engine.budget import Budget
 from .errors import UserInputError
-from .evaluation import CandidateRef, Evaluator, InstanceResult, instances_for
-from .repo import RunRepo, seed_branch
-from .sandbox import task_sandbox
+from .eval_report import EvalReport, evaluate
+from .registry import PROPOSERS
+from .repo import RunRepo
 from .store import Store
-from .task import SPLITS, Task, load_task
+from .task import Task, load_task
 
-DEFAULT_RUNS_DIR = Path("runs")
+if TYPE_CHECKING:  # imported when called: `evolver status` must not pay for the engine and proposers
+    from .engine.loop import Event
+    from .init_task import InitResult
+    from .runs import RunResult
+    from .sandbox import CheckRecord, ImageRecord
 
+__all__ = ["Budget", "EvalReport", "OptimizeResult", "evaluate", "export", "init_pytest", "optimize", "resume",
+           "run", "sandbox_build", "sandbox_check", "show", "status"]
 
-@dataclass(frozen=True)
-class EvalReport:
-    task: str
-    run_dir: str
-    ref: str
-    sha: str
-    tree: str
-    backend: str
-    isolation: dict[str, Any]
-    trusted_scores: bool
-    objectives: dict[str, str]
-    results: tuple[InstanceResult, ...]
-    wall_s: float
-    notes: tuple[str, ...] = field(default=())
-
-    def summary(self) -> dict[str, dict[str, Any]]:
-        """Per split: instances, failures, mean score and mean of each objective over ok instances."""
-        out: dict[str, dict[str, Any]] = {}
-        for split in (*SPLITS, None):
-            rs = [r for r in self.results if r.split == split]
-            if not rs:
-                continue
-            ok = [r for r in rs if r.ok]
-            means: dict[str, float | None] = {}
-            for name in self.objectives:
-                if name == "score":
-                    continue
-                vals = [r.objectives.get(name) for r in ok if r.objectives.get(name) is not None]
-                means[name] = sum(vals) / len(vals) if vals else None  # type: ignore[arg-type]
-            out[split or "-"] = {
-                "instances": len(rs), "failed": len(rs) - len(ok),
-                "mean_score": sum(r.score for r in rs) / len(rs), "mean_objectives_ok": means,
-            }
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "task": self.task, "run_dir": self.run_dir, "ref": self.ref, "sha": self.sha, "tree": self.tree,
-            "backend": self.backend, "isolation": self.isolation, "trusted_scores": self.trusted_scores,
-            "objectives": self.objectives, "summary": self.summary(), "wall_s": round(self.wall_s, 3),
-            "notes": list(self.notes), "results": [r.to_json() for r in self.results],
-        }
+DEFAULT_RUNS_DIR = Path(Defaults.runs_dir)
 
 
-def _candidate_from_seed(task: Task, repo: RunRepo, run: str, notes: list[str]) -> tuple[str, str]:
-    sha = repo.commit_folder(task.seed_dir, f"seed of {task.name}", kind="seed", run=run)
-    branch = seed_branch(run)
-    current = repo.branch_sha(branch)
-    if current is None:
-        repo.set_branch(branch, sha)
-        return branch, sha
-    if repo.tree_sha(current) == repo.tree_sha(sha):
-        return branch, current
-    # The seed folder changed since the run began: evaluate it as it is now, keep the old seed reachable.
-    repo.keep_ref(f"{run}/previous-seeds/{current[:12]}", current)
-    repo.set_branch(branch, sha)
-    notes.append(f"the seed folder changed since {branch} was made; {branch} now points at the new seed "
-                 f"(the old one is kept as refs/evolver/{run}/previous-seeds/{current[:12]})")
-    return branch, sha
+def default_run_dir(task_path: str | Path) -> Path:
+    """Where a run of this task goes when no run directory is named: runs/<task name>."""
+    return DEFAULT_RUNS_DIR / load_task(task_path).name
 
 
-def evaluate(
+def _one_of(flag: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise UserInputError(f"{flag}: expected {one_of(allowed)}, found {value!r}")
+
+
+def run(
     task_path: str | Path,
-    ref: str | None = None,
     *,
-    split: str = "all",
-    instances: Sequence[str] | None = None,
+    model: str = "",
+    budget: Budget | None = None,
+    api_base: str | None = None,
+    temperature: float = Defaults.temperature,
+    max_tokens: int = Defaults.max_tokens,
+    repair_turns: int = Defaults.repair_turns,
+    llm_cache: str | Path | None = None,
     run_dir: str | Path | None = None,
-    repo_path: str | Path | None = None,
-    use_cache: bool = True,
-    backend: str | None = None,
+    lessons: str | Path | None = None,
+    minibatch: int | None = None,
+    seed: int = Defaults.seed_rng,
+    accept: str | None = None,
+    frontier: str | None = None,
+    merge: bool | None = None,
+    max_merges: int | None = None,
     workers: int | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> EvalReport:
-    """Evaluate the task's seed (or `ref` of the run repository, or of `repo_path`) on a split."""
-    started = time.monotonic()
-    task = load_task(task_path)
-    if split not in (*SPLITS, "all"):
-        raise UserInputError(f"--split: expected one of train, val, test, all, found {split!r}")
-    run_path = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_DIR / task.name
-    run = run_path.resolve().name
-    notes: list[str] = []
-    sandbox = task_sandbox(task, backend)
-    store = Store(run_path / "run.db")
-    try:
-        store.record_task(task.digest, task.name, str(task.root), {"objectives": task.objectives,
-                                                                  "kind": task.kind})
-        repo = RunRepo.open_or_init(run_path / "repo")
-        if repo_path is not None:
-            source = RunRepo.open_existing(repo_path)
-            sha = source.resolve(ref or "HEAD")
-            ref_name = ref or "HEAD"
-            tree, archive = source.tree_sha(sha), (lambda: source.archive(sha))
-        elif ref is not None:
-            sha = repo.resolve(ref)
-            ref_name, tree = ref, repo.tree_sha(sha)
-            archive = lambda: repo.archive(sha)  # noqa: E731
-        else:
-            ref_name, sha = _candidate_from_seed(task, repo, run, notes)
-            tree = repo.tree_sha(sha)
-            archive = lambda: repo.archive(sha)  # noqa: E731
-            store.record_candidate(run, sha, tree, ref_name, (), "seed")
-        candidate = CandidateRef(sha=sha, tree=tree, archive=archive)
-        evaluator = Evaluator(task, sandbox, store, workers=workers)
-        collected = evaluator.collect_tests(candidate) if task.instances is None else None
-        pairs = instances_for(task, split, collected)
-        if instances:
-            known = {i: s for i, s in instances_for(task, "all", collected)}
-            unknown = [i for i in instances if i not in known]
-            if unknown:
-                raise UserInputError(f"--instances: expected ids of the task's instances, found unknown "
-                                     f"{', '.join(unknown[:5])}")
-            pairs = [(i, known[i]) for i in instances]
-        if not pairs:
-            raise UserInputError(f"--split {split}: expected instances in that split, found none")
-        results = evaluator.evaluate(candidate, pairs, use_cache=use_cache, on_progress=on_progress)
-        isolation = sandbox.describe()
-    finally:
-        store.close()
-        sandbox.close()
-    return EvalReport(
-        task=task.name, run_dir=str(run_path), ref=ref_name, sha=sha, tree=tree, backend=sandbox.name,
-        isolation=isolation, trusted_scores=task.kind == "python", objectives=dict(task.objectives),
-        results=tuple(results), wall_s=time.monotonic() - started, notes=tuple(notes))
+    proposer: str | None = None,
+    prompts: str | Path | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> RunResult:
+    """Start an evolution run of a task folder (`evolver run`); the same call on an existing run continues it.
+    Loop settings left None come from the task's [evolve] table, else evolver.config.Defaults."""
+    from .engine.loop import LoopConfig
+    from .runs import ModelConfig, start_run
+
+    _one_of("--accept", accept, ACCEPT_RULES)
+    _one_of("--frontier", frontier, FRONTIER_MODES)
+    if proposer is not None:
+        PROPOSERS.check(proposer)
+    if prompts is not None and not Path(prompts).is_dir():
+        raise UserInputError(f"--prompts: expected a folder of prompt templates, found {str(prompts)!r} "
+                             f"({'not a folder' if Path(prompts).exists() else 'no such path'})")
+    evolve = load_task(task_path).evolve
+    model_cfg = ModelConfig(model=model, api_base=api_base, temperature=temperature, max_tokens=max_tokens,
+                            repair_turns=repair_turns, cache_dir=str(llm_cache) if llm_cache else None)
+    loop = LoopConfig(minibatch=minibatch or evolve.minibatch, accept=accept or evolve.accept,
+                      frontier=frontier or evolve.frontier, seed=seed, workers=workers or Defaults.workers,
+                      merge=evolve.merge if merge is None else merge,
+                      max_merges=evolve.max_merges if max_merges is None else max_merges)
+    # Passed only when given, so a run without them does not depend on the engine's newer keywords.
+    extra = {k: v for k, v in (("proposer", proposer), ("prompts", str(prompts) if prompts else None))
+             if v is not None}
+    return start_run(task_path, model_cfg, budget or Budget(), run_dir=run_dir, loop=loop,
+                     lessons=str(lessons) if lessons else None, on_event=on_event, **extra)
+
+
+def resume(run_dir: str | Path, *, budget: Budget | None = None, workers: int | None = None,
+           on_event: Callable[[Event], None] | None = None) -> RunResult:
+    """Continue a stopped or killed run (`evolver resume`); `budget` replaces the stored one, `workers` is for
+    this session only."""
+    from .runs import resume_run
+
+    return resume_run(run_dir, budget=budget, workers=workers, on_event=on_event)
+
+
+def status(run_dir: str | Path) -> dict[str, Any]:
+    """A run's state, totals, accepted candidates with their validation objectives, proposals and merges."""
+    from . import views
+
+    return views.status(run_dir)
+
+
+def show(run_dir: str | Path, candidate: str) -> dict[str, Any]:
+    """One candidate (seed, best, c<N>, a branch or a sha): diff vs parent, scores, diagnosis, outcome."""
+    from . import views
+
+    return views.show(run_dir, candidate)
+
+
+def export(run_dir: str | Path, candidate: str = Defaults.candidate, *, branch: str | None = None,
+           patch: str | Path | None = None) -> dict[str, Any]:
+    """A candidate as a branch of the run repository, or as a patch file against the seed."""
+    from . import views
+
+    return views.export(run_dir, candidate, branch=branch, patch=str(patch) if patch is not None else None)
+
+
+def init_pytest(repo: str | Path, target: str, *, out: str | Path | None = None, name: str | None = None,
+                tests: str = Defaults.tests, bench: str = Defaults.bench_marker,
+                timeout_s: float = Defaults.timeout_s, force: bool = False, allow_failing: bool = False,
+                backend: str | None = None) -> InitResult:
+    """Write a task folder for an existing repository with a pytest suite (`evolver init --pytest`)."""
+    from .init_task import init_pytest_task
+
+    return init_pytest_task(repo, target, out=out, name=name, tests=tests, bench=bench, timeout_s=timeout_s,
+                            force=force, allow_failing=allow_failing, backend=backend)
+
+
+def sandbox_build(*, rebuild: bool = False, mirror: str | None = None, task: str | Path | None = None,
+                  progress: Callable[[str], None] = lambda _msg: None) -> ImageRecord:
+    """Build the sandbox base image offline (and the task's image, when `task` has a Dockerfile)."""
+    from .sandbox import build_image
+
+    task_root = load_task(task).root if task is not None else None
+    return build_image(rebuild=rebuild, mirror=mirror, task_root=task_root, progress=progress)
+
+
+def sandbox_check(backend: str = AUTO_BACKEND) -> CheckRecord:
+    """Run a self-test in a sandbox of `backend` and report the isolation in force."""
+    from .sandbox import check
+
+    return check(backend)
 
 
 SINGLE_TASK_ID = "task"  # the one instance of single-task search

@@ -9,7 +9,9 @@ import signal
 import sys
 from typing import Any
 
+from .config import ACCEPT_RULES, AUTO_BACKEND, EVAL_SPLITS, FRONTIER_MODES, PRIMARY_OBJECTIVE, Defaults
 from .errors import EvolverError
+from .registry import PROPOSERS, SANDBOXES
 
 # litellm (used only when an LLM is called) must use the price map it ships, never download one.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -18,42 +20,22 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evolver", description="Reflective evolution of programs.")
     sub = p.add_subparsers(dest="command", required=True)
+    # `auto` and every registered backend, third-party ones included: an unknown name exits 2 listing them.
+    backends = [AUTO_BACKEND, *SANDBOXES.names()]
     e = sub.add_parser("eval", help="evaluate a candidate of a task in a sandbox and print its side information")
     e.add_argument("task", help="task folder (containing task.toml)")
     e.add_argument("--ref", help="branch or commit of the run repository (default: the task's seed folder)")
     e.add_argument("--repo", help="evaluate --ref of this git repository instead of the run repository")
-    e.add_argument("--run", dest="run_dir", help="run directory (default: runs/<task name>)")
-    e.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
+    e.add_argument("--run", dest="run_dir", help=f"run directory (default: {Defaults.runs_dir}/<task name>)")
+    e.add_argument("--split", default=Defaults.eval_split, choices=EVAL_SPLITS)
     e.add_argument("--instances", help="comma-separated instance ids (overrides --split)")
-    e.add_argument("--backend", choices=["auto", "docker", "process"], help="override [sandbox] backend")
+    e.add_argument("--backend", choices=backends, help="override [sandbox] backend")
     e.add_argument("--workers", type=int, help="parallel sandboxes (default: task's, else min(cores, 4))")
     e.add_argument("--no-cache", action="store_true", help="run again even when results are stored")
     e.add_argument("--verbose", "-v", action="store_true", help="also print the feedback of passing instances")
     e.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
 
-    r = sub.add_parser("run", help="evolve a task")
-    r.add_argument("task", help="task folder (containing task.toml)")
-    r.add_argument("--model", default="", help="litellm model string (e.g. openai/gpt-4.1-mini), or builtin "
-                   "for the LLM-free proposer")
-    r.add_argument("--api-base", help="OpenAI-compatible server (Ollama, vLLM, ...)")
-    r.add_argument("--temperature", type=float, default=0.7)
-    r.add_argument("--max-tokens", type=int, default=4096)
-    r.add_argument("--repair-turns", type=int, default=2, help="tries to fix edits that do not apply")
-    r.add_argument("--llm-cache", help="folder for an opt-in cache of LLM replies keyed by the request")
-    r.add_argument("--run", dest="run_dir", help="run directory (default: runs/<task name>)")
-    r.add_argument("--lessons", help="lesson log to use (share one across runs of a task)")
-    r.add_argument("--minibatch", type=int, help="train instances per iteration (default: task's, else 3)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--accept", choices=["strict", "ties"], help="default: task's [evolve] accept, else strict")
-    r.add_argument("--frontier", choices=["instance", "objective", "hybrid"],
-                   help="default: task's [evolve] frontier, else instance")
-    r.add_argument("--no-merge", dest="merge", action="store_false", default=None,
-                   help="never merge frontier candidates (default: task's [evolve] merge, else merge)")
-    r.add_argument("--max-merges", type=int, help="merge attempts over the run (default: task's, else 5)")
-    _budget_args(r)
-    r.add_argument("--workers", type=int, help="iterations in flight at once (proposals and their evaluations)")
-    r.add_argument("--json", action="store_true", help="print the result as JSON at the end, no live view")
-
+    _run_parser(sub)
     rs = sub.add_parser("resume", help="continue a stopped or killed run")
     rs.add_argument("run_dir", help="run directory")
     _budget_args(rs)
@@ -71,20 +53,47 @@ def _parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="a candidate as a branch of the run repository or as a patch file")
     ex.add_argument("run_dir")
-    ex.add_argument("--candidate", default="best")
+    ex.add_argument("--candidate", default=Defaults.candidate)
     group = ex.add_mutually_exclusive_group(required=True)
     group.add_argument("--branch")
     group.add_argument("--patch")
     ex.add_argument("--json", action="store_true")
 
-    from .sandbox_cli import add_parser as add_sandbox_parser
+    from . import init_cli, sandbox_cli
 
-    add_sandbox_parser(sub)
-
-    from .init_task import add_parser as add_init_parser
-
-    add_init_parser(sub)
+    sandbox_cli.add_parser(sub, backends)
+    init_cli.add_parser(sub)
     return p
+
+
+def _run_parser(sub: Any) -> None:
+    d = Defaults
+    r = sub.add_parser("run", help="evolve a task")
+    r.add_argument("task", help="task folder (containing task.toml)")
+    r.add_argument("--model", default="", help="litellm model string (e.g. openai/gpt-4.1-mini), or builtin "
+                   "for the LLM-free proposer")
+    r.add_argument("--api-base", help="OpenAI-compatible server (Ollama, vLLM, ...)")
+    # Names are checked against the registry when the run starts (third-party proposers are entry points).
+    r.add_argument("--proposer", metavar="NAME",
+                   help=f"proposer to use: {', '.join(PROPOSERS.names())} or a third-party one registered under "
+                        f"{PROPOSERS.group} (default: chosen by --model)")
+    r.add_argument("--prompts", metavar="DIR", help="folder of prompt templates overriding the shipped ones")
+    r.add_argument("--temperature", type=float, default=d.temperature)
+    r.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    r.add_argument("--repair-turns", type=int, default=d.repair_turns, help="tries to fix edits that do not apply")
+    r.add_argument("--llm-cache", help="folder for an opt-in cache of LLM replies keyed by the request")
+    r.add_argument("--run", dest="run_dir", help=f"run directory (default: {d.runs_dir}/<task name>)")
+    r.add_argument("--lessons", help="lesson log to use (share one across runs of a task)")
+    r.add_argument("--minibatch", type=int, help=f"train instances per iteration (default: task's, else {d.minibatch})")
+    r.add_argument("--seed", type=int, default=d.seed_rng)
+    r.add_argument("--accept", choices=ACCEPT_RULES, help=f"default: task's [evolve] accept, else {d.accept}")
+    r.add_argument("--frontier", choices=FRONTIER_MODES, help=f"default: task's [evolve] frontier, else {d.frontier}")
+    r.add_argument("--no-merge", dest="merge", action="store_false", default=None,
+                   help="never merge frontier candidates (default: task's [evolve] merge, else merge)")
+    r.add_argument("--max-merges", type=int, help=f"merge attempts over the run (default: task's, else {d.max_merges})")
+    _budget_args(r)
+    r.add_argument("--workers", type=int, help="iterations in flight at once (proposals and their evaluations)")
+    r.add_argument("--json", action="store_true", help="print the result as JSON at the end, no live view")
 
 
 def _budget_args(p: argparse.ArgumentParser) -> None:
@@ -114,7 +123,7 @@ def _render_eval(report, verbose: bool) -> None:
     from .evidence import clip, hot_spot_table, sanitize
 
     console = Console()
-    names = [n for n in report.objectives if n != "score"]
+    names = [n for n in report.objectives if n != PRIMARY_OBJECTIVE]
     title = f"{report.task} @ {report.ref} ({report.sha[:10]}, tree {report.tree[:10]}) - {report.backend} sandbox"
     table = Table(title=title, title_justify="left")
     for col in ("instance", "split", "status", "score", *names, "cpu s", "peak MB", "cached"):
@@ -144,8 +153,8 @@ def _render_eval(report, verbose: bool) -> None:
         console.print(Panel(Text(sanitize(table_text)), title="profile hot spots (candidate files)",
                             title_align="left", border_style="dim"))
     if not report.trusted_scores:
-        console.print(Text("note: pytest mode - these scores trust the candidate's process "
-                           "(tests import the candidate)", style="yellow"))
+        console.print(Text("note: these scores trust the candidate's process (the task's kind scores inside it, "
+                           "as pytest tests import the candidate)", style="yellow"))
     for note in report.notes:
         console.print(Text(f"note: {note}", style="yellow"))
 
@@ -190,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return sandbox_cli.dispatch(args)
         if args.command == "init":
-            from . import init_task
+            from . import init_cli
 
-            return init_task.dispatch(args)
+            return init_cli.dispatch(args)
         from . import run_cli
 
         return run_cli.dispatch(args)
@@ -200,11 +209,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evolver: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        hint = f"; continue with `evolver resume {args.run_dir}`" if args.command in ("run", "resume") else ""
+        hint = f"; continue with `evolver resume {_run_dir(args)}`" if args.command in ("run", "resume") else ""
         print(f"evolver: interrupted; results of finished steps are saved in the run's run.db{hint}",
               file=sys.stderr)
         return 130
-    return 2
+
+
+def _run_dir(args: argparse.Namespace) -> str:
+    """The run directory of an interrupted run or resume, for the hint to continue it."""
+    if args.run_dir is not None:
+        return args.run_dir
+    from . import api
+
+    try:
+        return str(api.default_run_dir(args.task))
+    except EvolverError:
+        return "RUN_DIR"
 
 
 if __name__ == "__main__":

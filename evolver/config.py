@@ -12,11 +12,18 @@ from typing import Final, Literal, get_args
 # -- tasks ------------------------------------------------------------------------------------------------
 Split = Literal["train", "val", "test"]
 SPLITS: Final[tuple[str, ...]] = get_args(Split)
+ALL_SPLITS: Final = "all"  # `evolver eval --split all`: every split
+EVAL_SPLITS: Final[tuple[str, ...]] = (*SPLITS, ALL_SPLITS)
+# evolver's own task kinds; others come from the "evolver.task_kinds" entry point group (evolver.registry).
 TaskKind = Literal["python", "pytest"]
 TASK_KINDS: Final[tuple[str, ...]] = get_args(TaskKind)
+# How the sandbox harness runs a task's instances: every task kind runs in one of these.
+HarnessMode = Literal["python", "pytest"]
+HARNESS_MODES: Final[tuple[str, ...]] = get_args(HarnessMode)
 Direction = Literal["max", "min"]
 DIRECTIONS: Final[tuple[str, ...]] = get_args(Direction)
 PRIMARY_OBJECTIVE: Final = "score"  # always an objective, always first, always maximised
+PRIMARY_DIRECTION: Final = "max"
 
 # -- evolution --------------------------------------------------------------------------------------------
 FrontierMode = Literal["instance", "objective", "hybrid"]
@@ -25,8 +32,11 @@ AcceptRule = Literal["strict", "ties"]
 ACCEPT_RULES: Final[tuple[str, ...]] = get_args(AcceptRule)
 
 # -- sandboxes --------------------------------------------------------------------------------------------
+# evolver's own backends; others come from the "evolver.sandboxes" entry point group (evolver.registry).
+# `auto` is no backend but the rule that picks docker or process on this machine.
 Backend = Literal["auto", "docker", "process"]
 BACKENDS: Final[tuple[str, ...]] = get_args(Backend)
+AUTO_BACKEND: Final = "auto"
 Isolation = Literal["pool", "strict"]
 ISOLATIONS: Final[tuple[str, ...]] = get_args(Isolation)
 
@@ -69,6 +79,8 @@ class Defaults:
     # [task]
     seed: Final = "seed"
     mutable: Final = ("**/*.py",)
+    objective: Final = ""
+    background: Final = ""
     # [evaluate]
     kind: Final = "python"
     evaluator: Final = "evaluate.py"
@@ -77,6 +89,7 @@ class Defaults:
     timeout_s: Final = 60.0
     profile: Final = False
     repeats: Final = 1
+    private: Final = ()
     # [evolve] and `evolver run`
     frontier: Final = "instance"
     minibatch: Final = 3
@@ -105,6 +118,11 @@ class Defaults:
     llm_backoff_base_s: Final = 1.0
     llm_backoff_cap_s: Final = 30.0
     llm_concurrency: Final = 4
+    # the command line
+    runs_dir: Final = "runs"  # run directories default to runs/<task name>
+    eval_split: Final = ALL_SPLITS
+    candidate: Final = "best"  # what `evolver export` exports
+    bench_marker: Final = "bench"  # `evolver init --pytest`: test ids containing it are the benchmarks
     # stopping
     failing_streak_warning: Final = 5  # proposals in a row without an evaluable child: say so
     llm_error_streak_stop: Final = 3  # LLM failures in a row (after retries): stop the run

@@ -12,7 +12,6 @@ default "bench") is the objective that makes a faster candidate better, kept by 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,7 +23,9 @@ import textwrap
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .config import PASSING_STATUSES, Defaults
 from .errors import UserInputError
 from .task import load_task
 
@@ -55,6 +56,11 @@ class InitResult:
     skipped: tuple[str, ...] = ()  # skipped on the seed: left out of the instances
     failing: tuple[str, ...] = ()  # failing on the seed (only with allow_failing): left out of the instances
     support_files: tuple[str, ...] = ()  # written into the task's tests/ from outside the repository's tests
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task_dir": str(self.task_dir), "name": self.name, "target": self.target, "tests": list(self.tests),
+                "benchmarks": list(self.benchmarks), "seed_files": self.seed_files, "skipped": list(self.skipped),
+                "failing": list(self.failing), "support_files": list(self.support_files)}
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -202,12 +208,12 @@ def _gist(feedback: str, width: int = 300) -> str:
 def check_seed(task_dir: Path, backend: str | None) -> tuple[list[str], list[tuple[str, str, str]]]:
     """Run the task's suite on its seed as `evolver eval` would; returns (skipped ids, [(id, status, feedback)]
     of the tests that neither pass nor skip)."""
-    from . import api  # imported here: the CLI imports this module to build its parser, api pulls in much more
+    from .eval_report import evaluate  # imported here: it pulls in the evaluation layer, git and SQLite
 
     with tempfile.TemporaryDirectory(prefix="evolver-init-") as run_dir:
-        report = api.evaluate(task_dir, run_dir=Path(run_dir) / "run", use_cache=False, backend=backend)
+        report = evaluate(task_dir, run_dir=Path(run_dir) / "run", use_cache=False, backend=backend)
     skipped = [r.instance for r in report.results if r.status == "skipped"]
-    failing = [(r.instance, r.status, r.feedback) for r in report.results if r.status not in ("ok", "skipped")]
+    failing = [(r.instance, r.status, r.feedback) for r in report.results if r.status not in PASSING_STATUSES]
     return skipped, failing
 
 
@@ -271,9 +277,19 @@ def task_toml(name: str, target: str, benchmarks: tuple[str, ...], timeout_s: fl
         """)
 
 
-def init_pytest_task(repo: str | Path, target: str, *, out: str | Path | None = None, name: str | None = None,
-                     tests: str = "tests", bench: str = "bench", timeout_s: float = 60.0,
-                     force: bool = False, allow_failing: bool = False, backend: str | None = None) -> InitResult:
+@dataclass(frozen=True)
+class _Plan:
+    """The checked inputs of one init: where things are and where the task goes."""
+
+    root: Path  # the repository
+    target_path: Path
+    tests_src: Path
+    name: str
+    task_dir: Path
+
+
+def _plan(repo: str | Path, target: str, out: str | Path | None, name: str | None, tests: str,
+          force: bool) -> _Plan:
     root = Path(repo).resolve()
     if not root.is_dir():
         raise UserInputError(f"--pytest: expected a repository folder, found {repo!r} "
@@ -291,7 +307,7 @@ def init_pytest_task(repo: str | Path, target: str, *, out: str | Path | None = 
     name = name or root.name
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UserInputError(f"--name: expected letters, digits, '-', '_' or '.', found {name!r}")
-    task_dir = Path(out).resolve() if out is not None else (Path("runs") / f"{name}-task").resolve()
+    task_dir = Path(out).resolve() if out is not None else (Path(Defaults.runs_dir) / f"{name}-task").resolve()
     if _inside(root, task_dir) or _inside(task_dir, tests_src):
         raise UserInputError(f"--out: expected a new folder, not the repository, its tests or a folder holding "
                              f"them, found {task_dir}")
@@ -300,10 +316,38 @@ def init_pytest_task(repo: str | Path, target: str, *, out: str | Path | None = 
             raise UserInputError(f"--out: {task_dir} exists; pass --force to replace it, or choose another --out")
         if any(task_dir.iterdir()) and not (task_dir / "task.toml").is_file():
             raise UserInputError(f"--force: {task_dir} is not a task folder (no task.toml); refusing to replace it")
+    return _Plan(root=root, target_path=target_path, tests_src=tests_src, name=name, task_dir=task_dir)
 
+
+def _passing(ids: list[str], skipped: list[str], failing: list[tuple[str, str, str]],
+             allow_failing: bool) -> list[str]:
+    """The tests that pass on the seed; failing ones are an error unless allowed."""
+    if failing and not allow_failing:
+        shown = "\n".join(f"  {i} [{status}]: {_gist(feedback)}" for i, status, feedback in failing[:SHOWN_FAILURES])
+        more = f"\n  ... and {len(failing) - SHOWN_FAILURES} more" if len(failing) > SHOWN_FAILURES else ""
+        raise UserInputError(f"--pytest: expected every test to pass (or be skipped) on the repository's own "
+                             f"code, found {len(failing)} of {len(ids)} failing in the task:\n{shown}{more}\n"
+                             "Fix them first (a failing seed gives evolution nothing to keep), or pass "
+                             "--allow-failing to leave them out of the task")
+    # Skipped and failing tests measure no speed, and a candidate with any result that is not ok loses its
+    # duration objective: they are left out, so the instances are tests that pass on the seed.
+    dropped = set(skipped) | {i for i, _, _ in failing}
+    kept = [i for i in ids if i not in dropped]
+    if not kept:
+        raise UserInputError(f"--pytest: expected tests that pass on the repository's own code, found none of "
+                             f"{len(ids)} ({len(skipped)} skipped, {len(failing)} failing)")
+    return kept
+
+
+def init_pytest_task(repo: str | Path, target: str, *, out: str | Path | None = None, name: str | None = None,
+                     tests: str = Defaults.tests, bench: str = Defaults.bench_marker,
+                     timeout_s: float = Defaults.timeout_s, force: bool = False, allow_failing: bool = False,
+                     backend: str | None = None) -> InitResult:
+    plan = _plan(repo, target, out, name, tests, force)
+    root, tests_src, task_dir = plan.root, plan.tests_src, plan.task_dir
     # src layout: the package lives in src/, which is what the tests import from.
-    seed_root = root / "src" if _inside(target_path, root / "src") else root
-    target_rel = target_path.relative_to(seed_root).as_posix()
+    seed_root = root / "src" if _inside(plan.target_path, root / "src") else root
+    target_rel = plan.target_path.relative_to(seed_root).as_posix()
     # Built in a sibling folder and swapped in at the end: a failed init (with --force) keeps the previous task.
     task_dir.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=f".{task_dir.name}.init-", dir=task_dir.parent))
@@ -321,81 +365,25 @@ def init_pytest_task(repo: str | Path, target: str, *, out: str | Path | None = 
         support = copy_pytest_support(root, tests_src, build / "tests")
         ids = collect_tests(build / "tests", seed_dir)
         _write_instances(build, ids, "Every collected test")
-        (build / "task.toml").write_text(task_toml(name, target_rel, (), timeout_s), encoding="utf-8")
+        (build / "task.toml").write_text(task_toml(plan.name, target_rel, (), timeout_s), encoding="utf-8")
         load_task(build)  # what evolver will read must load
 
         skipped, failing = check_seed(build, backend)
-        if failing and not allow_failing:
-            shown = "\n".join(f"  {i} [{status}]: {_gist(feedback)}"
-                              for i, status, feedback in failing[:SHOWN_FAILURES])
-            more = f"\n  ... and {len(failing) - SHOWN_FAILURES} more" if len(failing) > SHOWN_FAILURES else ""
-            raise UserInputError(f"--pytest: expected every test to pass (or be skipped) on the repository's own "
-                                 f"code, found {len(failing)} of {len(ids)} failing in the task:\n{shown}{more}\n"
-                                 "Fix them first (a failing seed gives evolution nothing to keep), or pass "
-                                 "--allow-failing to leave them out of the task")
-        # Skipped and failing tests measure no speed, and a candidate with any result that is not ok loses its
-        # duration objective: they are left out, so the instances are tests that pass on the seed.
-        dropped = set(skipped) | {i for i, _, _ in failing}
-        kept = [i for i in ids if i not in dropped]
-        if not kept:
-            raise UserInputError(f"--pytest: expected tests that pass on the repository's own code, found none of "
-                                 f"{len(ids)} ({len(skipped)} skipped, {len(failing)} failing)")
+        kept = _passing(ids, skipped, failing, allow_failing)
         benchmarks = tuple(i for i in kept if bench.lower() in i.lower())
         _write_instances(build, kept, "Every collected test that passes on the seed")
-        (build / "task.toml").write_text(task_toml(name, target_rel, benchmarks, timeout_s), encoding="utf-8")
+        (build / "task.toml").write_text(task_toml(plan.name, target_rel, benchmarks, timeout_s), encoding="utf-8")
         load_task(build)
         _swap_in(build, task_dir)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
-    return InitResult(task_dir=task_dir, name=name, target=target_rel, tests=tuple(kept), benchmarks=benchmarks,
-                      seed_files=files, skipped=tuple(skipped), failing=tuple(i for i, _, _ in failing),
-                      support_files=tuple(support))
+    return InitResult(task_dir=task_dir, name=plan.name, target=target_rel, tests=tuple(kept),
+                      benchmarks=benchmarks, seed_files=files, skipped=tuple(skipped),
+                      failing=tuple(i for i, _, _ in failing), support_files=tuple(support))
 
 
 def _write_instances(task_dir: Path, ids: list[str], what: str) -> None:
     (task_dir / "instances.toml").write_text(
         f"# {what}, in both splits: a repository's own suite is what the code must pass.\n"
         f"train = {_toml_list(ids)}\nval = {_toml_list(ids)}\n", encoding="utf-8")
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("init", help="write a task for an existing repository (--pytest: its test suite)")
-    p.add_argument("--pytest", dest="repo", required=True, metavar="REPO",
-                   help="repository folder with a pytest suite")
-    p.add_argument("--target", required=True, help="the file to make faster (relative to REPO)")
-    p.add_argument("--out", help="task folder to write (default: runs/<name>-task)")
-    p.add_argument("--name", help="task name (default: the repository folder's name)")
-    p.add_argument("--tests", default="tests", help="the tests folder, relative to REPO (default: tests)")
-    p.add_argument("--bench", default="bench", help="benchmark tests: ids containing this (default: bench)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per test (default: 60)")
-    p.add_argument("--force", action="store_true", help="replace an existing task folder")
-    p.add_argument("--allow-failing", action="store_true",
-                   help="write the task even if tests fail on the repository's code (they are left out)")
-    p.add_argument("--json", action="store_true")
-
-
-def dispatch(args: argparse.Namespace) -> int:
-    result = init_pytest_task(args.repo, args.target, out=args.out, name=args.name, tests=args.tests,
-                              bench=args.bench, timeout_s=args.timeout, force=args.force,
-                              allow_failing=args.allow_failing)
-    if args.json:
-        print(json.dumps({"task_dir": str(result.task_dir), "name": result.name, "target": result.target,
-                          "tests": list(result.tests), "benchmarks": list(result.benchmarks),
-                          "seed_files": result.seed_files, "skipped": list(result.skipped),
-                          "failing": list(result.failing), "support_files": list(result.support_files)},
-                         indent=2))
-        return 0
-    print(f"wrote {result.task_dir}: {len(result.tests)} tests ({len(result.benchmarks)} benchmark), "
-          f"{result.seed_files} seed files, mutable {result.target}")
-    if result.support_files:
-        print(f"copied the repository's {', '.join(result.support_files)} into the task's tests/ "
-              "(pytest runs there; addopts is not used)")
-    for ids, why in ((result.skipped, "skipped"), (result.failing, "failing")):
-        if ids:
-            shown = ", ".join(ids[:SHOWN_FAILURES]) + (", ..." if len(ids) > SHOWN_FAILURES else "")
-            print(f"left out {len(ids)} tests {why} on the repository's code (they measure nothing): {shown}")
-    if not result.benchmarks:
-        print(f"note: no test id contains {args.bench!r}: the duration of every test is the runtime objective")
-    print(f"next: evolver eval {result.task_dir}    then: evolver run {result.task_dir} --model ...")
-    return 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evolver.config import Defaults
 from evolver.errors import EvolverError, UserInputError
 
 # Sent when api_base points at a local server and no key is configured: the OpenAI SDK refuses to send a
@@ -62,13 +63,13 @@ class LLMConfig:
     model: str  # a litellm model string: "openai/gpt-4o-mini", "anthropic/claude-...", "ollama/qwen2.5-coder"
     api_base: str | None = None  # a local or self-hosted OpenAI-compatible server; no key check then
     api_key_env: str | None = None  # env var holding the key; None: litellm's own lookup per provider
-    temperature: float = 0.7
-    max_tokens: int | None = 4096  # None: the provider's default
-    timeout_s: float = 120.0  # per attempt
-    max_retries: int = 4  # transient failures retried this many times (so max_retries + 1 attempts)
-    backoff_base_s: float = 1.0
-    backoff_cap_s: float = 30.0
-    concurrency: int = 4  # calls in flight at once across all threads sharing one LLM
+    temperature: float = Defaults.temperature
+    max_tokens: int | None = Defaults.max_tokens  # None: the provider's default
+    timeout_s: float = Defaults.llm_timeout_s  # per attempt
+    max_retries: int = Defaults.llm_max_retries  # transient failures retried this many times (max_retries + 1 attempts)
+    backoff_base_s: float = Defaults.llm_backoff_base_s
+    backoff_cap_s: float = Defaults.llm_backoff_cap_s
+    concurrency: int = Defaults.llm_concurrency  # calls in flight at once across all threads sharing one LLM
     cache_dir: str | Path | None = None  # opt-in: identical requests answered from JSON files
 
     def __post_init__(self) -> None:

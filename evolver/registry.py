@@ -15,9 +15,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import UserInputError
+
+if TYPE_CHECKING:  # the registries name their entries' types without importing the layers that define them
+    from .sandbox.backends import BackendFactory
+    from .task_kinds import TaskKind
 
 T = TypeVar("T")
 
@@ -38,6 +42,21 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted({*self._builtins, *self._added, *self._entry_points()})
 
+    def __contains__(self, name: object) -> bool:
+        """Whether `name` is an entry, without importing it."""
+        if not isinstance(name, str):
+            return False
+        return name in self._builtins or name in self._added or name in self._entry_points()
+
+    def _unknown(self, name: str) -> UserInputError:
+        return UserInputError(f"{self.what}: expected one of {', '.join(self.names())}, found {name!r} "
+                              f"(third-party {self.what}s register under the entry point group {self.group})")
+
+    def check(self, name: str) -> None:
+        """Fail as `get` would for a name that is no entry, without importing any entry."""
+        if name not in self:
+            raise self._unknown(name)
+
     def get(self, name: str) -> T:
         if name in self._added:
             return self._added[name]
@@ -46,8 +65,7 @@ class Registry(Generic[T]):
             return getattr(importlib.import_module(module), attr)
         ep = self._entry_points().get(name)
         if ep is None:
-            raise UserInputError(f"{self.what}: expected one of {', '.join(self.names())}, found {name!r} "
-                                 f"(third-party {self.what}s register under the entry point group {self.group})")
+            raise self._unknown(name)
         try:
             return ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plug-in is the user's to fix: say which and why
@@ -61,4 +79,17 @@ ProposerFactory = Callable[..., Any]
 PROPOSERS: Registry[ProposerFactory] = Registry("evolver.proposers", "proposer", {
     "reflective": "evolver.proposers.reflective:make_reflective",
     "builtin": "evolver.proposers.builtin:make_builtin",
+})
+
+# A backend factory takes a `SandboxOptions` (evolver.sandbox.backends) and returns a Sandbox. `auto` is no entry:
+# it is the rule (evolver.sandbox) that picks docker or process on this machine.
+SANDBOXES: Registry[BackendFactory] = Registry("evolver.sandboxes", "sandbox backend", {
+    "process": "evolver.sandbox.backends:process_backend",
+    "docker": "evolver.sandbox.backends:docker_backend",
+})
+
+# A task kind is an object satisfying `TaskKind` (evolver.task_kinds), named by [evaluate] kind.
+TASK_KINDS: Registry[TaskKind] = Registry("evolver.task_kinds", "task kind", {
+    "python": "evolver.task_kinds:PYTHON",
+    "pytest": "evolver.task_kinds:PYTEST",
 })

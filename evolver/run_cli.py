@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -77,7 +76,7 @@ class LiveView:
 
 
 def budget_from_args(args: argparse.Namespace):
-    from .engine.budget import Budget
+    from .api import Budget
 
     return Budget(max_evals=args.budget_evals, max_usd=args.budget_usd,
                   max_seconds=args.budget_minutes * 60 if args.budget_minutes else None,
@@ -101,40 +100,33 @@ def _print_result(result, as_json: bool) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .engine.loop import LoopConfig
-    from .runs import ModelConfig, start_run
-    from .task import load_task
+    from . import api
 
-    task = load_task(args.task)
-    if args.run_dir is None:
-        args.run_dir = str(Path("runs") / task.name)
-    model = ModelConfig(model=args.model, api_base=args.api_base, temperature=args.temperature,
-                        max_tokens=args.max_tokens, repair_turns=args.repair_turns, cache_dir=args.llm_cache)
-    loop = LoopConfig(minibatch=args.minibatch or task.evolve.minibatch, accept=args.accept or task.evolve.accept,
-                      frontier=args.frontier or task.evolve.frontier, seed=args.seed, workers=args.workers or 1,
-                      merge=task.evolve.merge if args.merge is None else args.merge,
-                      max_merges=task.evolve.max_merges if args.max_merges is None else args.max_merges)
     budget = budget_from_args(args)
     with LiveView(budget.to_json(), enabled=sys.stderr.isatty() and not args.json) as view:
-        result = start_run(args.task, model, budget, run_dir=args.run_dir, loop=loop, lessons=args.lessons,
-                           on_event=view)
+        result = api.run(args.task, model=args.model, budget=budget, api_base=args.api_base,
+                         temperature=args.temperature, max_tokens=args.max_tokens, repair_turns=args.repair_turns,
+                         llm_cache=args.llm_cache, run_dir=args.run_dir, lessons=args.lessons,
+                         minibatch=args.minibatch, seed=args.seed, accept=args.accept, frontier=args.frontier,
+                         merge=args.merge, max_merges=args.max_merges, workers=args.workers,
+                         proposer=args.proposer, prompts=args.prompts, on_event=view)
     _print_result(result, args.json)
     return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from .runs import resume_run
+    from . import api
 
     budget = budget_from_args(args)
-    override = budget if budget.to_json() else None
+    override = budget if budget.to_json() else None  # no budget flags: the run's stored budget
     with LiveView((override or budget).to_json(), enabled=sys.stderr.isatty() and not args.json) as view:
-        result = resume_run(args.run_dir, budget=override, workers=args.workers, on_event=view)
+        result = api.resume(args.run_dir, budget=override, workers=args.workers, on_event=view)
     _print_result(result, args.json)
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .views import status
+    from .api import status
 
     doc = status(args.run_dir)
     if args.json:
@@ -166,7 +158,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .views import show
+    from .api import show
 
     doc = show(args.run_dir, args.candidate)
     if args.json:
@@ -216,7 +208,7 @@ def _print_merge(console: Console, merge: dict[str, Any]) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .views import export
+    from .api import export
 
     doc = export(args.run_dir, args.candidate, branch=args.branch, patch=args.patch)
     if args.json:

@@ -1,15 +1,16 @@
 """task.toml: loading and validation with one-line errors naming file, key, expectation and finding.
 
-Every field and its default (README "task.toml reference" documents the same):
+Every field and its default (README "task.toml reference" documents the same; the defaults and allowed values
+themselves live in evolver.config, task kinds and sandbox backends in the registries of evolver.registry):
 
 [task]      name = <folder name>; seed = "seed"; mutable = ["**/*.py"]; objective = ""; background = ""
-[evaluate]  kind = "python" | "pytest" ("python"); evaluator = "evaluate.py"; tests = "tests";
+[evaluate]  kind = "python" | "pytest" | a registered kind ("python"); evaluator = "evaluate.py"; tests = "tests";
             instances = "instances.toml" (optional for pytest: collected); timeout_s = 60; profile = false;
             repeats = 1; private = [] (globs of task files only the trusted harness may read)
 [objectives] name = "max" | "min" ...; default { score = "max" }; "score" is added first when missing
 [evolve]    frontier = "instance" | "objective" | "hybrid" ("instance"); minibatch = 3; accept = "strict" | "ties";
             merge = true; max_merges = 5
-[sandbox]   backend = "auto" | "docker" | "process" ("auto"); memory_mb = 1024; cpus = 1.0;
+[sandbox]   backend = "auto" | "docker" | "process" | a registered backend ("auto"); memory_mb = 1024; cpus = 1.0;
             max_processes = 64; output_limit_mb = 64; workers = 0 (auto);
             isolation = "pool" | "strict" ("pool"); recycle_after = 50 (docker: evaluations per container)
 """
@@ -24,20 +25,43 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .config import (
+    ACCEPT_RULES,
+    AUTO_BACKEND,
+    DIRECTIONS,
+    FRONTIER_MODES,
+    HARNESS_MODES,
+    ISOLATIONS,
+    PRIMARY_DIRECTION,
+    PRIMARY_OBJECTIVE,
+    SPLITS,
+    Defaults,
+    one_of,
+)
 from .errors import TaskError
+from .registry import SANDBOXES, TASK_KINDS
+from .task_kinds import PYTHON, TaskKind
 
-SPLITS = ("train", "val", "test")
+__all__ = ["SPLITS", "TASK_FILE", "EvolveConfig", "Instances", "SandboxConfig", "Task", "digest_files",
+           "glob_match", "load_instances", "load_task"]
+
 TASK_FILE = "task.toml"
 _IGNORED_PARTS = {"__pycache__", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
-
+_D = Defaults
 _SCHEMA: dict[str, dict[str, Any]] = {
-    "task": {"name": None, "seed": "seed", "mutable": ["**/*.py"], "objective": "", "background": ""},
-    "evaluate": {"kind": "python", "evaluator": "evaluate.py", "tests": "tests", "instances": None,
-                 "timeout_s": 60.0, "profile": False, "repeats": 1, "private": []},
-    "evolve": {"frontier": "instance", "minibatch": 3, "accept": "strict", "merge": True, "max_merges": 5},
-    "sandbox": {"backend": "auto", "memory_mb": 1024, "cpus": 1.0, "max_processes": 64,
-                "output_limit_mb": 64, "workers": 0, "isolation": "pool", "recycle_after": 50},
+    "task": {"name": None, "seed": _D.seed, "mutable": list(_D.mutable), "objective": _D.objective,
+             "background": _D.background},
+    "evaluate": {"kind": _D.kind, "evaluator": _D.evaluator, "tests": _D.tests, "instances": None,
+                 "timeout_s": _D.timeout_s, "profile": _D.profile, "repeats": _D.repeats,
+                 "private": list(_D.private)},
+    "evolve": {"frontier": _D.frontier, "minibatch": _D.minibatch, "accept": _D.accept, "merge": _D.merge,
+               "max_merges": _D.max_merges},
+    "sandbox": {"backend": _D.backend, "memory_mb": _D.memory_mb, "cpus": _D.cpus,
+                "max_processes": _D.max_processes, "output_limit_mb": _D.output_limit_mb,
+                "workers": _D.sandbox_workers, "isolation": _D.isolation, "recycle_after": _D.recycle_after},
 }
+# The [evaluate] keys naming a file or folder of the task: the ones a task kind may require.
+_PATH_KEYS = ("evaluator", "tests")
 
 
 @dataclass(frozen=True)
@@ -58,34 +82,27 @@ class Instances:
         return out
 
 
-def _isolation(r: Any, file: str) -> str:
-    isolation = r.get("sandbox", "isolation", str, '"pool" or "strict"')
-    if isolation not in ("pool", "strict"):
-        raise TaskError(file, "[sandbox] isolation", '"pool" or "strict"', repr(isolation))
-    return isolation
-
-
 @dataclass(frozen=True)
 class SandboxConfig:
-    backend: str = "auto"
-    memory_mb: int = 1024
-    cpus: float = 1.0
-    max_processes: int = 64
-    output_limit_mb: int = 64
-    workers: int = 0
-    isolation: str = "pool"  # docker: warm pool with a fork-server, or "strict": one container per evaluation
-    recycle_after: int = 50
+    backend: str = _D.backend  # "auto" or a name of evolver.registry.SANDBOXES
+    memory_mb: int = _D.memory_mb
+    cpus: float = _D.cpus
+    max_processes: int = _D.max_processes
+    output_limit_mb: int = _D.output_limit_mb
+    workers: int = _D.sandbox_workers
+    isolation: str = _D.isolation  # docker: warm pool with a fork-server, or "strict": one container per evaluation
+    recycle_after: int = _D.recycle_after
 
 
 @dataclass(frozen=True)
 class EvolveConfig:
     """Defaults of `evolver run` for this task (its flags override them)."""
 
-    frontier: str = "instance"  # instance | objective | hybrid
-    minibatch: int = 3
-    accept: str = "strict"  # strict | ties
-    merge: bool = True  # merge two frontier candidates now and then
-    max_merges: int = 5  # merge attempts over a run
+    frontier: str = _D.frontier  # one of config.FRONTIER_MODES
+    minibatch: int = _D.minibatch
+    accept: str = _D.accept  # one of config.ACCEPT_RULES
+    merge: bool = _D.merge  # merge two frontier candidates now and then
+    max_merges: int = _D.max_merges  # merge attempts over a run
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,10 @@ class Task:
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
     digest: str = ""
     private: tuple[str, ...] = ()  # task files the untrusted child may not read (answers, future data)
+    # Of the task's kind (evolver.task_kinds): how the harness runs an instance, and whether the scores come
+    # from outside the candidate's process. Stored here so readers of a task need not look the kind up.
+    harness_mode: str = PYTHON.harness_mode
+    trusted_scores: bool = PYTHON.trusted_scores
 
     def is_mutable(self, rel_path: str) -> bool:
         """Whether the proposer may edit this candidate file (path relative to the candidate root)."""
@@ -208,6 +229,14 @@ def _positive(r: _Reader, section: str, key: str, kind: type | tuple[type, ...],
     return value
 
 
+def _choice(r: _Reader, section: str, key: str, allowed: tuple[str, ...] | list[str]) -> str:
+    expected = one_of(tuple(allowed))
+    value = r.get(section, key, str, expected)
+    if value not in allowed:
+        raise TaskError(r.file, f"[{section}] {key}", expected, repr(value))
+    return value
+
+
 def _relative_path(r: _Reader, root: Path, section: str, key: str, value: str, want_dir: bool) -> Path:
     what = "folder" if want_dir else "file"
     p = (root / value).resolve()
@@ -227,7 +256,7 @@ def load_instances(path: Path) -> Instances:
         raise TaskError(file, "(syntax)", "valid TOML", str(exc)) from None
     for key in data:
         if key not in SPLITS:
-            raise TaskError(file, key, "only the keys train, val, test", f"unknown key {key!r}")
+            raise TaskError(file, key, f"only the keys {', '.join(SPLITS)}", f"unknown key {key!r}")
     splits: dict[str, tuple[str, ...]] = {}
     for s in SPLITS:
         ids = data.get(s, [])
@@ -238,7 +267,7 @@ def load_instances(path: Path) -> Instances:
             raise TaskError(file, s, "each instance id once", f"duplicates {dupes[:5]}")
         splits[s] = tuple(ids)
     if not any(splits.values()):
-        raise TaskError(file, "train/val/test", "at least one instance id", "no instances")
+        raise TaskError(file, "/".join(SPLITS), "at least one instance id", "no instances")
     return Instances(**splits)
 
 
@@ -274,7 +303,19 @@ def load_task(path: str | Path) -> Task:
     r = _Reader(file, data)
     for section in _SCHEMA:
         r.table(section)
+    task = _read_task(r, root)
+    task = _read_evaluate(r, task)
+    task = replace(task, objectives=_read_objectives(r), sandbox=_read_sandbox(r), evolve=_read_evolve(r))
+    files = _task_files(task.root, task.seed_dir)
+    digest = digest_files(task.root, files, extra=f"{task.kind}|{task.evaluator}|{task.tests}|{task.timeout_s}|"
+                                                  f"{task.profile}|{task.sandbox.memory_mb}|"
+                                                  f"{task.sandbox.max_processes}")
+    return replace(task, digest=digest)
 
+
+def _read_task(r: _Reader, root: Path) -> Task:
+    """[task]; the [evaluate] fields get their defaults, read next by `_read_evaluate`."""
+    file = r.file
     name = r.get("task", "name", (str, type(None)), "a string") or root.resolve().name
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise TaskError(file, "[task] name", "letters, digits, '-', '_' or '.'", repr(name))
@@ -288,75 +329,88 @@ def load_task(path: str | Path) -> Task:
         if not any(glob_match(rel, glob) for rel in seed_files):
             raise TaskError(file, "[task] mutable", f"globs matching files of the seed folder "
                             f"{seed_dir.name}/", f"{glob!r} matches nothing")
-    objective = r.get("task", "objective", str, "a string")
-    background = r.get("task", "background", str, "a string")
+    return Task(root=root.resolve(), name=name, seed_dir=seed_dir, mutable=tuple(mutable),
+                objective=r.get("task", "objective", str, "a string"),
+                background=r.get("task", "background", str, "a string"),
+                kind=_D.kind, evaluator=_D.evaluator, tests=_D.tests, instances=None, timeout_s=_D.timeout_s,
+                profile=_D.profile, repeats=_D.repeats)
 
-    kind = r.get("evaluate", "kind", str, '"python" or "pytest"')
-    if kind not in ("python", "pytest"):
-        raise TaskError(file, "[evaluate] kind", '"python" or "pytest"', repr(kind))
-    evaluator = r.get("evaluate", "evaluator", str, "a file name")
-    tests = r.get("evaluate", "tests", str, "a folder name")
-    if kind == "python":
-        _relative_path(r, root, "evaluate", "evaluator", evaluator, False)
-    else:
-        _relative_path(r, root, "evaluate", "tests", tests, True)
+
+def _task_kind(r: _Reader, name: str) -> TaskKind:
+    """The registry's kind of that name, checked: a third-party kind must fit the harness evolver ships."""
+    kind = TASK_KINDS.get(name)
+    key = "[evaluate] kind"
+    if not isinstance(kind, TaskKind):
+        raise TaskError(r.file, key, "a task kind with the attributes of evolver.task_kinds.TaskKind",
+                        f"{name!r}, registered as {type(kind).__name__}")
+    if kind.harness_mode not in HARNESS_MODES:
+        raise TaskError(r.file, key, f"a task kind whose harness mode is {one_of(HARNESS_MODES)}",
+                        f"{name!r} with harness mode {kind.harness_mode!r}")
+    unknown = [k for k in (*kind.required_files, *kind.required_folders) if k not in _PATH_KEYS]
+    if unknown:
+        raise TaskError(r.file, key, f"a task kind requiring only the keys {', '.join(_PATH_KEYS)}",
+                        f"{name!r} requiring {', '.join(unknown)}")
+    return kind
+
+
+def _read_evaluate(r: _Reader, task: Task) -> Task:
+    root, file = task.root, r.file
+    kind_name = _choice(r, "evaluate", "kind", TASK_KINDS.names())
+    kind = _task_kind(r, kind_name)
+    paths = {"evaluator": r.get("evaluate", "evaluator", str, "a file name"),
+             "tests": r.get("evaluate", "tests", str, "a folder name")}
+    for key in kind.required_files:
+        _relative_path(r, root, "evaluate", key, paths[key], False)
+    for key in kind.required_folders:
+        _relative_path(r, root, "evaluate", key, paths[key], True)
     instances_name = r.get("evaluate", "instances", (str, type(None)), "a file name")
+    if instances_name is None and not kind.collects_instances:
+        instances_name = _D.instances_file
     instances: Instances | None = None
-    if instances_name is None and kind == "python":
-        instances_name = "instances.toml"
     if instances_name is not None:
-        ipath = _relative_path(r, root, "evaluate", "instances", instances_name, False)
-        instances = load_instances(ipath)
+        instances = load_instances(_relative_path(r, root, "evaluate", "instances", instances_name, False))
     timeout_s = float(_positive(r, "evaluate", "timeout_s", (int, float), 0.01))
     profile = r.get("evaluate", "profile", bool, "true or false")
     repeats = int(_positive(r, "evaluate", "repeats", int, 1))
     private = r.get("evaluate", "private", list, "a list of glob strings")
     if not all(isinstance(g, str) and g for g in private):
         raise TaskError(file, "[evaluate] private", "a list of glob strings", _found(private))
+    return replace(task, kind=kind_name, evaluator=paths["evaluator"], tests=paths["tests"], instances=instances,
+                   timeout_s=timeout_s, profile=profile, repeats=repeats, private=tuple(private),
+                   harness_mode=kind.harness_mode, trusted_scores=bool(kind.trusted_scores))
 
-    raw_obj = r.table("objectives") if "objectives" in data else {"score": "max"}
+
+def _read_objectives(r: _Reader) -> dict[str, str]:
+    raw = r.table("objectives") if "objectives" in r.data else {PRIMARY_OBJECTIVE: PRIMARY_DIRECTION}
     objectives: dict[str, str] = {}
-    for oname, direction in raw_obj.items():
-        if not oname.isidentifier():
-            raise TaskError(file, f"[objectives] {oname}", "an identifier-like objective name", repr(oname))
-        if direction not in ("max", "min"):
-            raise TaskError(file, f"[objectives] {oname}", '"max" or "min"', _found(direction))
-        objectives[oname] = direction
-    if "score" not in objectives:
-        objectives = {"score": "max", **objectives}
+    for name, direction in raw.items():
+        if not name.isidentifier():
+            raise TaskError(r.file, f"[objectives] {name}", "an identifier-like objective name", repr(name))
+        if direction not in DIRECTIONS:
+            raise TaskError(r.file, f"[objectives] {name}", one_of(DIRECTIONS), _found(direction))
+        objectives[name] = direction
+    if PRIMARY_OBJECTIVE not in objectives:
+        objectives = {PRIMARY_OBJECTIVE: PRIMARY_DIRECTION, **objectives}
+    return objectives
 
-    backend = r.get("sandbox", "backend", str, '"auto", "docker" or "process"')
-    if backend not in ("auto", "docker", "process"):
-        raise TaskError(file, "[sandbox] backend", '"auto", "docker" or "process"', repr(backend))
-    sandbox = SandboxConfig(
-        backend=backend,
+
+def _read_sandbox(r: _Reader) -> SandboxConfig:
+    return SandboxConfig(
+        backend=_choice(r, "sandbox", "backend", [AUTO_BACKEND, *SANDBOXES.names()]),
         memory_mb=int(_positive(r, "sandbox", "memory_mb", int, 64)),
         cpus=float(_positive(r, "sandbox", "cpus", (int, float), 0.1)),
         max_processes=int(_positive(r, "sandbox", "max_processes", int, 1)),
         output_limit_mb=int(_positive(r, "sandbox", "output_limit_mb", int, 1)),
         workers=int(_positive(r, "sandbox", "workers", int, 0)),
-        isolation=_isolation(r, file),
+        isolation=_choice(r, "sandbox", "isolation", ISOLATIONS),
         recycle_after=int(_positive(r, "sandbox", "recycle_after", int, 1)),
     )
-    frontier = r.get("evolve", "frontier", str, '"instance", "objective" or "hybrid"')
-    if frontier not in ("instance", "objective", "hybrid"):
-        raise TaskError(file, "[evolve] frontier", '"instance", "objective" or "hybrid"', repr(frontier))
-    accept = r.get("evolve", "accept", str, '"strict" or "ties"')
-    if accept not in ("strict", "ties"):
-        raise TaskError(file, "[evolve] accept", '"strict" or "ties"', repr(accept))
-    evolve = EvolveConfig(frontier=frontier, minibatch=int(_positive(r, "evolve", "minibatch", int, 1)),
-                          accept=accept, merge=r.get("evolve", "merge", bool, "true or false"),
-                          max_merges=int(_positive(r, "evolve", "max_merges", int, 0)))
-    task = Task(
-        root=root.resolve(), name=name, seed_dir=seed_dir, mutable=tuple(mutable), objective=objective,
-        background=background, kind=kind, evaluator=evaluator, tests=tests, instances=instances,
-        timeout_s=timeout_s, profile=profile, repeats=repeats, objectives=objectives, sandbox=sandbox,
-        private=tuple(private),
-        evolve=evolve,
-    )
-    files = _task_files(task.root, seed_dir)
-    digest = digest_files(task.root, files, extra=f"{kind}|{evaluator}|{tests}|{timeout_s}|{profile}|"
-                                                  f"{sandbox.memory_mb}|{sandbox.max_processes}")
-    return replace(task, digest=digest)
 
 
+def _read_evolve(r: _Reader) -> EvolveConfig:
+    frontier = _choice(r, "evolve", "frontier", FRONTIER_MODES)
+    minibatch = int(_positive(r, "evolve", "minibatch", int, 1))
+    accept = _choice(r, "evolve", "accept", ACCEPT_RULES)
+    return EvolveConfig(frontier=frontier, minibatch=minibatch, accept=accept,
+                        merge=r.get("evolve", "merge", bool, "true or false"),
+                        max_merges=int(_positive(r, "evolve", "max_merges", int, 0)))
