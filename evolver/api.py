@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ACCEPT_RULES, AUTO_BACKEND, FRONTIER_MODES, Defaults, one_of
+from .config import ACCEPT_RULES, AUTO_BACKEND, FRONTIER_MODES, SINGLE_TASK_ID, Defaults, one_of
 from .engine.budget import Budget
 from .errors import UserInputError
 from .eval_report import EvalReport, evaluate
@@ -145,7 +145,6 @@ def sandbox_check(backend: str = AUTO_BACKEND) -> CheckRecord:
     return check(backend)
 
 
-SINGLE_TASK_ID = "task"  # the one instance of single-task search
 MODES = ("single-task", "multi-task", "generalization")
 
 
@@ -291,6 +290,8 @@ def _task_mode(path: Path) -> str:
     from .run_state import read_state
 
     instances = read_state(path).task.instances
+    if instances is not None and instances.train == (SINGLE_TASK_ID,) and not instances.val:
+        return "single-task"
     return search_mode(instances.train if instances else (), instances.val if instances else ())
 
 

@@ -23,6 +23,7 @@ HARNESS_MODES: Final[tuple[str, ...]] = get_args(HarnessMode)
 Direction = Literal["max", "min"]
 DIRECTIONS: Final[tuple[str, ...]] = get_args(Direction)
 PRIMARY_OBJECTIVE: Final = "score"  # always an objective, always first, always maximised
+SINGLE_TASK_ID: Final = "task"  # the one instance of a task without instances (single-task search)
 PRIMARY_DIRECTION: Final = "max"
 
 # -- evolution --------------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ class Evaluator:
 
     def _job(self, archive: bytes, instances: tuple[str, ...], mode: str | None = None) -> SandboxJob:
         return SandboxJob(
-            mode=mode or self.task.kind, archive=archive, task_root=self.task.root,
+            mode=mode or self.task.harness_mode, archive=archive, task_root=self.task.root,
             task_files=self.task_files, instances=instances, evaluator=self.task.evaluator,
             tests=self.task.tests, profile=self.task.profile, limits=self.limits,
             private_files=self.private_files)
@@ -209,7 +209,7 @@ class Evaluator:
             archive = candidate.archive()
             size = max(1, min(MAX_BATCH, -(-len(todo) // self.workers)))
             batches = [todo[k : k + size] for k in range(0, len(todo), size)]
-            trusted = self.task.kind == "python"
+            trusted = self.task.trusted_scores
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="evolver-eval") as pool:
                 futures: dict[Future, list] = {}
                 for b in batches:

@@ -133,10 +133,15 @@ class RunState:
         return list(reversed(out))
 
 
-def eval_key(run: RunRow, task: Task) -> str:
-    """The key the engine stores validation results under (recorded at its start; runs made before it was
-    recorded were evaluated in a sandbox, whose key is derived from the task)."""
-    return run.config.get("eval_key") or cache_key(task)
+def eval_key(run: RunRow, task: Task, store: Store | None = None, seed_tree: str | None = None) -> str:
+    """The key the engine stores validation results under: recorded at its start. A run made before it was
+    recorded was last evaluated under the key its seed has the most results under (the harness may have changed
+    since, which changes the key a new evaluation would use), else under the task's sandbox key."""
+    recorded = run.config.get("eval_key")
+    if recorded:
+        return recorded
+    found = store.keys_of(seed_tree) if store is not None and seed_tree is not None else []
+    return found[0] if found else cache_key(task)
 
 
 def accepted_order(seed: str, proposals: Sequence[ProposalRow]) -> list[str]:
@@ -179,8 +184,8 @@ def read_state(run_dir: str | Path) -> RunState:
             raise UserInputError(f"{path}: the run has no seed commit yet")
         proposals = tuple(store.proposals(row.name))
         mode = row.config.get("loop", {}).get("frontier", task.evolve.frontier)
-        standings = load_standings(store, repo, eval_key(row, task), task, accepted_order(seed, proposals), mode,
-                                   task.repeats)
+        key = eval_key(row, task, store, repo.tree_sha(seed))
+        standings = load_standings(store, repo, key, task, accepted_order(seed, proposals), mode, task.repeats)
         labels = {seed: "seed", **{p.child_sha: f"c{p.id}" for p in proposals if p.child_sha}}
         branches = {c.sha: c.branch for c in store.candidates(row.name) if c.branch}
         return RunState(name=row.name, path=path, run=row, task=task, seed=seed, standings=standings,

@@ -190,7 +190,7 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
     if not any(v is not None for v in (budget.max_evals, budget.max_usd, budget.max_seconds, budget.max_iterations)):
         raise UserInputError("budget: expected at least one of --budget-evals, --budget-usd, --budget-minutes, "
                              "--max-iterations, found none (a run needs a limit)")
-    path = Path(run_dir) if run_dir is not None else Path("runs") / task.name
+    path = Path(run_dir) if run_dir is not None else Path(Defaults.runs_dir) / task.name
     if (path / "run.db").exists():
         probe = Store(path / "run.db")
         try:

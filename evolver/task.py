@@ -34,6 +34,7 @@ from .config import (
     ISOLATIONS,
     PRIMARY_DIRECTION,
     PRIMARY_OBJECTIVE,
+    SINGLE_TASK_ID,
     SPLITS,
     Defaults,
     one_of,
@@ -364,9 +365,12 @@ def _read_evaluate(r: _Reader, task: Task) -> Task:
     for key in kind.required_folders:
         _relative_path(r, root, "evaluate", key, paths[key], True)
     instances_name = r.get("evaluate", "instances", (str, type(None)), "a file name")
+    single_task = False
     if instances_name is None and not kind.collects_instances:
-        instances_name = _D.instances_file
-    instances: Instances | None = None
+        # No instances file at all: one problem (single-task search), its one instance named SINGLE_TASK_ID.
+        single_task = not (root / _D.instances_file).is_file()
+        instances_name = None if single_task else _D.instances_file
+    instances: Instances | None = Instances(train=(SINGLE_TASK_ID,)) if single_task else None
     if instances_name is not None:
         instances = load_instances(_relative_path(r, root, "evaluate", "instances", instances_name, False))
     timeout_s = float(_positive(r, "evaluate", "timeout_s", (int, float), 0.01))

@@ -80,7 +80,8 @@ def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
     if p is not None:
         store = Store(state.path / "run.db")
         try:
-            rows = store.cached(eval_key(state.run, state.task), repo.tree_sha(sha), p.minibatch)
+            key = eval_key(state.run, state.task, store, repo.tree_sha(state.seed))
+            rows = store.cached(key, repo.tree_sha(sha), p.minibatch)
         finally:
             store.close()
         mini = {i: r.score for (i, _), r in rows.items()}

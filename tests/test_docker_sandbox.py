@@ -329,8 +329,10 @@ def test_host_watchdog_replaces_a_stuck_container(client, image, tmp_path) -> No
         stuck = sandbox._idle[0]
         stuck.container.pause()  # the fork-server can no longer answer: only the host watchdog can help
         import evolver.sandbox.docker as docker_mod
+        from evolver.sandbox.base import HARNESS_SLACK_S
 
-        slack, docker_mod.HOST_SLACK_S = docker_mod.HOST_SLACK_S, -1.5
+        # The watchdog fires 2.5 s after the run starts (instead of the harness's slack of 30 s plus 15 s).
+        slack, docker_mod.HOST_SLACK_S = docker_mod.HOST_SLACK_S, 0.5 - HARNESS_SLACK_S
         try:
             run = sandbox.run(job)
         finally:

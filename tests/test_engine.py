@@ -166,3 +166,77 @@ def _function_evaluator(task, store):
     from evolver.function_eval import FunctionEvaluator
 
     return FunctionEvaluator(closeness, EXAMPLES, store, task.digest, None)
+
+
+def _builtin_kit(tmp_path: Path, loop: LoopConfig, budget: Budget) -> Kit:
+    from evolver.proposers.builtin import BuiltinProposer
+
+    examples = {f"t{k}": {"w": 1.5 + k / 4, "b": k / 3} for k in range(6)}
+    examples |= {f"v{k}": {"w": 1.5 + k / 4, "b": k / 3} for k in range(6)}
+    return make_engine(tmp_path, BuiltinProposer(), examples=examples, val=[f"v{k}" for k in range(6)],
+                       budget=budget, merger=MergeProposer(ScoreResolver()) if loop.merge else None, loop=loop)
+
+
+def test_builtin_run_merges_only_eligible_pairs_once(tmp_path: Path) -> None:
+    kit = _builtin_kit(tmp_path, LoopConfig(max_merges=50, seed=1), Budget(max_evals=300))
+    run(kit)
+    from evolver.store import Store
+
+    store = Store(kit.run_dir / "run.db")
+    merges = store.merges("run")
+    repo = RunRepo.open_or_init(kit.run_dir / "repo")
+    assert merges, "a builtin run with accepted mutations attempts merges"
+    pairs = [frozenset((m.parent_a, m.parent_b)) for m in merges]
+    assert len(pairs) == len(set(pairs))  # never the same pair (nor, with it, the same triple) twice
+    for m in merges:
+        assert m.resolution in ("clean", "builtin", "failed")
+        assert repo.merge_base(m.parent_a, m.parent_b) == m.base not in (m.parent_a, m.parent_b)  # no ancestors
+    for c in store.candidates("run"):
+        if c.kind == "merge":
+            assert len(repo.info(c.sha).parents) == 2
+    store.close()
+
+
+def test_without_merges_no_merge_is_attempted(tmp_path: Path) -> None:
+    kit = _builtin_kit(tmp_path, LoopConfig(merge=False, seed=1), Budget(max_evals=300))
+    run(kit)
+    doc = status(kit.run_dir)
+    assert doc["proposals"]["accepted:accepted"] >= 2  # merges would have been due
+    assert doc["merges"]["attempts"] == 0
+
+
+def test_same_seed_same_selections(tmp_path: Path) -> None:
+    picks = []
+    for attempt in range(2):
+        proposer = Scripted([set_constant("BIAS", 0.1 * (k + 1)) for k in range(4)])
+        kit = make_engine(tmp_path / str(attempt), proposer, examples=EXAMPLES, val=["v1", "v2"],
+                          budget=Budget(max_iterations=4), loop=LoopConfig(minibatch=1, seed=7, merge=False))
+        engine = kit.engine
+        run(kit)
+        # Commit shas differ between runs (timestamps): compare the parents' labels and the minibatches.
+        picks.append([(engine.label(c.parent.sha), [r.instance for r in c.results]) for c in proposer.seen])
+    assert picks[0] == picks[1] and len(picks[0]) == 4
+
+
+def test_parallel_iterations_keep_store_repo_and_budget_consistent(tmp_path: Path) -> None:
+    proposer = Scripted([set_constant("WEIGHT", 1.0 + k / 20) for k in range(1, 60)])
+    kit = make_engine(tmp_path, proposer, examples=EXAMPLES, val=["v1", "v2"], budget=Budget(max_evals=40),
+                      loop=LoopConfig(minibatch=2, workers=3, merge=False))
+    calls = kit.calls
+    reason = run(kit)
+    assert len(calls) <= 40 and "evaluator-call budget" in reason
+    import sqlite3
+
+    db = sqlite3.connect(kit.run_dir / "run.db")
+    # Two iterations in flight may evaluate the same (tree, instance) once each: calls spent >= rows kept.
+    assert 0 < db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] <= len(calls)
+    rows = db.execute("SELECT id, iteration, status, child_sha, branch FROM proposals").fetchall()
+    assert len({r[1] for r in rows}) == len(rows)  # every iteration number once
+    repo = RunRepo.open_or_init(kit.run_dir / "repo")
+    for _, _, status_, child, branch in rows:
+        assert status_ != "pending" or child is None or reason.startswith("evaluator-call budget")
+        if child:
+            assert repo.resolve(branch) == child
+    trees = db.execute("SELECT tree FROM candidates").fetchall()
+    assert len(trees) == len(set(trees))  # no two candidates with the same files
+    assert status(kit.run_dir)["evals_used"] == len(calls)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_task
 from llm_server import ScriptedLLMServer, scripted_llm  # noqa: F401
 
 from evolver.engine.budget import Budget
@@ -105,39 +106,31 @@ def test_eval_budget_is_never_exceeded(scripted_llm, tmp_path: Path) -> None:
     assert db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] == result.evals
 
 
-def test_same_seed_same_selections(tmp_path: Path) -> None:
-    picks = []
-    for attempt in range(2):
-        with ScriptedLLMServer() as server:
-            server.add(*[edit("    return duration", "    return duration + 0") for _ in range(3)])
-            run(server, tmp_path / str(attempt), Budget(max_iterations=3), seed=7)
-        db = sqlite3.connect(tmp_path / str(attempt) / "run" / "run.db")
-        # Commit shas differ between runs (timestamps): compare the parents' branches.
-        picks.append(db.execute("SELECT c.branch, p.minibatch FROM proposals p JOIN candidates c "
-                                "ON c.sha = p.parent_sha ORDER BY p.id").fetchall())
-    assert picks[0] == picks[1] and len(picks[0]) == 3
-
-
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
+    # A small task in the process sandbox: what is tested is the kill, not the evaluations.
+    task = write_task(tmp_path / "task", sol="def f(x):\n    return x * 3\n", train=("i1", "i2", "i3"))
+    (task / "instances.toml").write_text('train = ["i1", "i2", "i3"]\nval = ["i4", "i5"]\n')
+    fix = edit("    return x * 3", "    return x * 2", path="sol.py")
     run_dir = tmp_path / "run"
     with ScriptedLLMServer() as server:
-        server.add(MWKR, {"delay_s": 60, "text": MWKR})
+        server.add(fix, {"delay_s": 60, "text": fix})
         proc = subprocess.Popen(
-            [sys.executable, "-m", "evolver.cli", "run", str(JOBSHOP), "--model", "openai/test-model",
+            [sys.executable, "-m", "evolver.cli", "run", str(task), "--model", "openai/test-model",
              "--api-base", server.api_base, "--run", str(run_dir), "--max-iterations", "3", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
         deadline = time.monotonic() + 120
         while len(server.requests) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.05)
         assert len(server.requests) == 2, proc.stderr.read().decode() if proc.poll() is not None else "no 2nd call"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    db = sqlite3.connect(run_dir / "run.db")
-    assert db.execute("SELECT status FROM proposals ORDER BY id").fetchall() == [("accepted",), ("pending",)]
-    with ScriptedLLMServer() as server:
-        server.add(edit("    return -work_remaining", "    return -work_remaining + 0.001 * duration"))
+        db = sqlite3.connect(run_dir / "run.db")
+        assert db.execute("SELECT status FROM proposals ORDER BY id").fetchall() == [("accepted",), ("pending",)]
+        # The same server (the run stored its URL) answers the resumed run's next proposal.
+        server.add(edit("    return x * 2", "    return x + x", path="sol.py"))
         result = resume_run(run_dir, budget=None)
+        assert len(server.requests) == 3
     rows = db.execute("SELECT id, status, reason, child_sha FROM proposals ORDER BY id").fetchall()
     assert [r[1:3] for r in rows[:2]] == [("accepted", "accepted"), ("failed", "interrupted")]
     assert all(r[1] != "pending" for r in rows) and result.iterations == 3
@@ -146,24 +139,6 @@ def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
         if child:
             assert repo.info(child).sha == child  # every recorded child is in git
     assert db.execute("SELECT state FROM runs").fetchone()[0] == "stopped"
-
-
-def test_parallel_iterations_keep_store_repo_and_budget_consistent(scripted_llm, tmp_path: Path) -> None:
-    scripted_llm.add(*[whole_file(f"duration * {k} - work_remaining") for k in range(2, 40)])
-    result = run(scripted_llm, tmp_path, Budget(max_evals=90), minibatch=3, workers=3)
-    assert result.evals <= 90 and "evaluator-call budget" in result.stop_reason
-    db = sqlite3.connect(tmp_path / "run" / "run.db")
-    # Two iterations in flight may evaluate the same (tree, instance) once each: calls spent >= rows kept.
-    assert 0 < db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] <= result.evals
-    rows = db.execute("SELECT id, iteration, status, child_sha, branch FROM proposals").fetchall()
-    assert len({r[1] for r in rows}) == len(rows)  # every iteration number once
-    repo = RunRepo.open_or_init(tmp_path / "run" / "repo")
-    for _, _, status_, child, branch in rows:
-        assert status_ != "pending" or child is None or result.stop_reason.startswith("evaluator-call budget")
-        if child:
-            assert repo.resolve(branch) == child
-    trees = db.execute("SELECT tree FROM candidates").fetchall()
-    assert len(trees) == len(set(trees))  # no two candidates with the same files
 
 
 def test_status_show_export_from_the_cli_without_litellm(scripted_llm, tmp_path: Path) -> None:
@@ -235,3 +210,23 @@ def test_a_child_committed_just_before_a_kill_is_adopted_on_resume(tmp_path: Pat
     status_, reason, adopted = sqlite3.connect(run / "run.db").execute(
         "SELECT status, reason, child_sha FROM proposals WHERE id = ?", (pid,)).fetchone()
     assert adopted == child and reason not in ("interrupted", "duplicate"), (status_, reason)
+
+
+def test_prompt_templates_can_be_overridden_per_run(scripted_llm, tmp_path: Path) -> None:
+    from evolver.errors import UserInputError
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "mutation_user.md").write_text("OUR HOUSE TEMPLATE for $task_name\n\n$files\n\n$evidence\n")
+    scripted_llm.add(MWKR)
+    start_run(JOBSHOP, ModelConfig(model="openai/test-model", api_base=scripted_llm.api_base), Budget(max_iterations=1),
+              run_dir=tmp_path / "run", prompts=str(prompts))
+    sent = scripted_llm.prompts()[0]
+    assert "OUR HOUSE TEMPLATE for jobshop" in sent and "## File dispatch.py" in sent and "UNTRUSTED" in sent
+    assert "Lessons from earlier proposals" not in sent  # the shipped template's sections are gone
+    # A placeholder the prompt does not have is refused before the run starts, naming the file.
+    (prompts / "mutation_user.md").write_text("$task_name $no_such_field\n")
+    with pytest.raises(UserInputError, match=r"mutation_user.md: expected only the placeholders .*\$no_such_field"):
+        start_run(JOBSHOP, ModelConfig(model="openai/test-model", api_base=scripted_llm.api_base),
+                  Budget(max_iterations=1), run_dir=tmp_path / "other", prompts=str(prompts))
+    assert not (tmp_path / "other").exists()

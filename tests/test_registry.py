@@ -39,6 +39,24 @@ PLUGIN_MODULES = {
         def make(options):
             return RenamedProcess()
         ''',
+    "proposer.py": '''
+        from evolver.proposers.base import Proposal
+
+
+        class Annotate:
+            """Appends a comment naming the iteration: a change that always applies."""
+
+            name = "demo-annotate"
+
+            def propose(self, ctx, rng):
+                text = ctx.parent_files["sol.py"] + f"# iteration {ctx.iteration}\\n"
+                return Proposal(changes={"sol.py": text}, diagnosis="demo", change="annotate",
+                                operator="comment")
+
+
+        def make(settings):
+            return Annotate()
+        ''',
     "kinds.py": '''
         from evolver.task_kinds import KindSpec
 
@@ -47,6 +65,9 @@ PLUGIN_MODULES = {
         ''',
 }
 ENTRY_POINTS = """\
+[evolver.proposers]
+demo-annotate = evolver_demo_plugin.proposer:make
+
 [evolver.sandboxes]
 renamed-process = evolver_demo_plugin.backend:make
 
@@ -172,11 +193,32 @@ def test_third_party_kinds_that_cannot_run_fail_as_task_errors(plugin_site: Path
     assert '"judged"' in err.value.expected and '"python"' in err.value.expected
 
 
-@pytest.mark.xfail(strict=True, reason="evaluation.py hands the harness task.kind as its mode and trusts scores by "
-                   "kind == 'python'; it should read task.harness_mode and task.trusted_scores (then drop this mark)")
 def test_third_party_task_kind_evaluates_end_to_end(plugin_site: Path, tmp_path: Path) -> None:
     task = write_task(tmp_path / "task", train=("i1", "i2"))
     toml = task / "task.toml"
     toml.write_text(toml.read_text().replace("[evaluate]\n", '[evaluate]\nkind = "judged"\n'))
     report = evaluate(task, run_dir=tmp_path / "run", use_cache=False)
     assert [r.status for r in report.results] == ["ok", "ok"] and report.trusted_scores
+
+
+def test_third_party_proposer_runs_in_evolver_run(plugin_site: Path, tmp_path: Path) -> None:
+    task = write_task(tmp_path / "task", train=("i1", "i2"))
+    (task / "instances.toml").write_text('train = ["i1", "i2"]\nval = ["i3"]\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "evolver.cli", "run", str(task), "--model", "builtin", "--proposer",
+                           "demo-annotate", "--max-iterations", "2", "--run", str(tmp_path / "run"), "--json"],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    status = subprocess.run([sys.executable, "-m", "evolver.cli", "status", str(tmp_path / "run"), "--json"],
+                            capture_output=True, text=True, env=env, timeout=60, check=True)
+    doc = json.loads(status.stdout)
+    assert doc["proposer"] == "demo-annotate" and sum(doc["proposals"].values()) == 2
+    shown = subprocess.run([sys.executable, "-m", "evolver.cli", "show", str(tmp_path / "run"), "c1", "--json"],
+                           capture_output=True, text=True, env=env, timeout=60, check=True)
+    c1 = json.loads(shown.stdout)
+    assert c1["proposer"] == "demo-annotate" and c1["operator"] == "comment" and "# iteration 1" in c1["diff"]
+    # An unknown proposer fails before anything is written, naming the ones there are.
+    bad = subprocess.run([sys.executable, "-m", "evolver.cli", "run", str(task), "--model", "builtin", "--proposer",
+                          "nope", "--max-iterations", "1", "--run", str(tmp_path / "bad")],
+                         capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert bad.returncode == 2 and "demo-annotate" in bad.stderr and not (tmp_path / "bad").exists()

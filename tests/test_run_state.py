@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+import pytest
 from conftest import write_task
 
 from evolver.engine.budget import Budget
@@ -50,7 +51,8 @@ def test_status_shows_the_engines_medians_over_repeats(tmp_path: Path) -> None:
     medians = [statistics.median(rows[(i, r)].score for r in range(3)) for i in ("i4", "i5", "i6")]
     firsts = [rows[(i, 0)].score for i in ("i4", "i5", "i6")]
     seed_row = next(c for c in doc["candidates"] if c["candidate"] == "seed")
-    assert seed_row["objectives"]["score"] == statistics.fmean(medians) != statistics.fmean(firsts)
+    assert seed_row["objectives"]["score"] == pytest.approx(statistics.fmean(medians))
+    assert statistics.fmean(medians) != pytest.approx(statistics.fmean(firsts))
     best_row = next(c for c in doc["candidates"] if c["candidate"] == doc["best"])
     assert best_row["objectives"] == result.best_objectives  # what the engine decided with
 
@@ -63,3 +65,30 @@ def test_a_state_reader_never_writes(tmp_path: Path) -> None:
     before = db.read_bytes()
     status(tmp_path / "run")
     assert db.read_bytes() == before
+
+
+SINGLE = '''
+from evolver_harness import report
+
+def prepare(instance):
+    return {"x": 21}
+
+def produce(inputs):
+    import sol
+    return sol.f(inputs["x"])
+
+def judge(instance, inputs, output, usage):
+    return report(instance, 1.0 if output == 42 else 0.0, feedback=f"f(21) gave {output!r}, wanted 42")
+'''
+
+
+def test_a_task_folder_without_instances_is_single_task_search(tmp_path: Path) -> None:
+    from evolver.api import evaluate, optimize
+
+    task = write_task(tmp_path / "task", evaluate_py=SINGLE, sol="def f(x):\n    return x\n")
+    (task / "instances.toml").unlink()
+    report = evaluate(task, run_dir=tmp_path / "eval")
+    assert [(r.instance, r.score) for r in report.results] == [("task", 0.0)]
+    result = optimize(task, model="builtin", max_iterations=2, run_dir=tmp_path / "run")
+    assert result.mode == "single-task" and result.iterations == 2
+    assert status(tmp_path / "run")["candidates"][0]["objectives"]["score"] == 0.0

@@ -176,11 +176,15 @@ class Engine:
         """Load the accepted candidates (seed first) with their validation results, then finish what a kill
         left pending."""
         self._labels.setdefault(seed_sha, "seed")
-        for sha in accepted_order(seed_sha, self.store.proposals(self.run_name)):
+        accepted = accepted_order(seed_sha, self.store.proposals(self.run_name))
+        for sha in accepted:
             results = self._evaluate(sha, self.val, "val")
             if results is None:
-                raise BudgetTooSmall("the budget does not cover evaluating the seed on the validation split "
-                                     f"({len(self.val)} evaluator calls)")
+                missing = sum(self.evaluator.missing(self._ref(s), self.val) for s in accepted)
+                what = "the seed" if len(accepted) == 1 else f"the {len(accepted)} accepted candidates (seed included)"
+                raise BudgetTooSmall(f"the budget does not cover validating {what} on the validation split: "
+                                     f"{missing} more evaluator calls are needed ({self.usage.evals} used of "
+                                     f"{self.budget.max_evals}); give a larger --budget-evals")
             self.standings.add(sha, results)
         for p in self.store.proposals(self.run_name, status="pending"):
             self._finish_pending(p)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..config import Defaults
+
 PROTOCOL_VERSION = 1
 # Slack on top of the per-instance time limits for the whole harness run (interpreter starts, judging).
 HARNESS_SLACK_S = 30.0
@@ -28,11 +30,11 @@ CHILD_ENV_BASE = {
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    timeout_s: float = 60.0  # per instance (per test in pytest mode)
-    memory_mb: int = 1024
-    cpus: float = 1.0
-    max_processes: int = 64
-    output_limit_mb: int = 64
+    timeout_s: float = Defaults.timeout_s  # per instance (per test in pytest mode)
+    memory_mb: int = Defaults.memory_mb
+    cpus: float = Defaults.cpus
+    max_processes: int = Defaults.max_processes
+    output_limit_mb: int = Defaults.output_limit_mb
     keep_output_bytes: int = 4096  # head and tail of each instance's stdout/stderr kept as side information
 
 

@@ -24,6 +24,23 @@ from .schema import migrate
 _EVALUATION_COLUMNS = tuple(c for c in columns(EvaluationRow) if c != "created_at")
 
 
+WAL_WAIT_S = 30.0
+
+
+def _set_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL mode. Switching needs a moment of exclusive access, and SQLite answers "database is locked"
+    at once (without its busy handler) when another process opens the same new file at that moment: retry."""
+    deadline = time.monotonic() + WAL_WAIT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Store(RunRecords):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -32,7 +49,7 @@ class Store(RunRecords):
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row  # every read goes by column name
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _set_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._lock:
@@ -106,6 +123,13 @@ class Store(RunRecords):
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def keys_of(self, tree: str) -> list[str]:
+        """The evaluator keys a tree has stored results under, the most results first (then the newest)."""
+        with self._lock:
+            rows = self._db.execute("SELECT task_digest, COUNT(*) AS n, MAX(created_at) AS t FROM evaluations "
+                                    "WHERE tree=? GROUP BY task_digest ORDER BY n DESC, t DESC", (tree,)).fetchall()
+        return [r["task_digest"] for r in rows]
 
     def evaluation_count(self) -> int:
         with self._lock:
