@@ -186,6 +186,8 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
     PROPOSERS.get(proposer_name(model, proposer))
     from .proposers.prompts import load_prompts
 
+    if prompts is None and task.evolve.prompts is not None:
+        prompts = str(task.evolve.prompts)  # the flag wins over the task's own templates
     load_prompts(prompts)
     if not any(v is not None for v in (budget.max_evals, budget.max_usd, budget.max_seconds, budget.max_iterations)):
         raise UserInputError("budget: expected at least one of --budget-evals, --budget-usd, --budget-minutes, "

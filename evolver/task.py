@@ -9,6 +9,7 @@ themselves live in evolver.config, task kinds and sandbox backends in the regist
             repeats = 1; private = [] (globs of task files only the trusted harness may read)
 [objectives] name = "max" | "min" ...; default { score = "max" }; "score" is added first when missing
 [evolve]    frontier = "instance" | "objective" | "hybrid" ("instance"); minibatch = 3; accept = "strict" | "ties";
+            prompts = <folder of prompt templates> (none: the shipped ones);
             merge = true; max_merges = 5
 [sandbox]   backend = "auto" | "docker" | "process" | a registered backend ("auto"); memory_mb = 1024; cpus = 1.0;
             max_processes = 64; output_limit_mb = 64; workers = 0 (auto);
@@ -56,7 +57,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                  "timeout_s": _D.timeout_s, "profile": _D.profile, "repeats": _D.repeats,
                  "private": list(_D.private)},
     "evolve": {"frontier": _D.frontier, "minibatch": _D.minibatch, "accept": _D.accept, "merge": _D.merge,
-               "max_merges": _D.max_merges},
+               "max_merges": _D.max_merges, "prompts": None},
     "sandbox": {"backend": _D.backend, "memory_mb": _D.memory_mb, "cpus": _D.cpus,
                 "max_processes": _D.max_processes, "output_limit_mb": _D.output_limit_mb,
                 "workers": _D.sandbox_workers, "isolation": _D.isolation, "recycle_after": _D.recycle_after},
@@ -104,6 +105,7 @@ class EvolveConfig:
     accept: str = _D.accept  # one of config.ACCEPT_RULES
     merge: bool = _D.merge  # merge two frontier candidates now and then
     max_merges: int = _D.max_merges  # merge attempts over a run
+    prompts: Path | None = None  # a folder of prompt templates overriding the shipped ones (inside the task)
 
 
 @dataclass(frozen=True)
@@ -306,7 +308,7 @@ def load_task(path: str | Path) -> Task:
         r.table(section)
     task = _read_task(r, root)
     task = _read_evaluate(r, task)
-    task = replace(task, objectives=_read_objectives(r), sandbox=_read_sandbox(r), evolve=_read_evolve(r))
+    task = replace(task, objectives=_read_objectives(r), sandbox=_read_sandbox(r), evolve=_read_evolve(r, root))
     files = _task_files(task.root, task.seed_dir)
     digest = digest_files(task.root, files, extra=f"{task.kind}|{task.evaluator}|{task.tests}|{task.timeout_s}|"
                                                   f"{task.profile}|{task.sandbox.memory_mb}|"
@@ -411,10 +413,12 @@ def _read_sandbox(r: _Reader) -> SandboxConfig:
     )
 
 
-def _read_evolve(r: _Reader) -> EvolveConfig:
+def _read_evolve(r: _Reader, root: Path) -> EvolveConfig:
     frontier = _choice(r, "evolve", "frontier", FRONTIER_MODES)
     minibatch = int(_positive(r, "evolve", "minibatch", int, 1))
     accept = _choice(r, "evolve", "accept", ACCEPT_RULES)
+    prompts = r.get("evolve", "prompts", (str, type(None)), "a folder name")
     return EvolveConfig(frontier=frontier, minibatch=minibatch, accept=accept,
                         merge=r.get("evolve", "merge", bool, "true or false"),
-                        max_merges=int(_positive(r, "evolve", "max_merges", int, 0)))
+                        max_merges=int(_positive(r, "evolve", "max_merges", int, 0)),
+                        prompts=_relative_path(r, root, "evolve", "prompts", prompts, True) if prompts else None)

@@ -230,3 +230,20 @@ def test_prompt_templates_can_be_overridden_per_run(scripted_llm, tmp_path: Path
         start_run(JOBSHOP, ModelConfig(model="openai/test-model", api_base=scripted_llm.api_base),
                   Budget(max_iterations=1), run_dir=tmp_path / "other", prompts=str(prompts))
     assert not (tmp_path / "other").exists()
+
+
+def test_a_task_can_ship_its_own_prompt_templates(scripted_llm, tmp_path: Path) -> None:
+    import shutil
+
+    task = tmp_path / "jobshop"
+    shutil.copytree(JOBSHOP, task, ignore=shutil.ignore_patterns("__pycache__"))
+    (task / "prompts").mkdir()
+    (task / "prompts" / "mutation_system.md").write_text("You are the task's own reflector.\n")
+    toml = task / "task.toml"
+    toml.write_text(toml.read_text().replace("[evolve]\n", '[evolve]\nprompts = "prompts"\n')
+                    if "[evolve]" in toml.read_text() else toml.read_text() + '\n[evolve]\nprompts = "prompts"\n')
+    scripted_llm.add(MWKR)
+    start_run(task, ModelConfig(model="openai/test-model", api_base=scripted_llm.api_base), Budget(max_iterations=1),
+              run_dir=tmp_path / "run")
+    system = scripted_llm.requests[0]["messages"][0]["content"]
+    assert system == "You are the task's own reflector.\n"

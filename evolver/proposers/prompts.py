@@ -2,9 +2,9 @@
 an LLM.
 
 The shipped templates are `evolver/prompts/*.md`; a folder given with `--prompts DIR` (or `[evolve] prompts` in
-task.toml) overrides any of them by file name. Templates use `$name` placeholders (`string.Template`; `$$` is a
-literal dollar); a template naming a placeholder its prompt does not have is refused when the run starts, with
-the file and the names it may use.
+task.toml, a folder of the task) overrides any of them by file name. Templates use `$name` placeholders
+(`string.Template`; `$$` is a literal dollar); a template naming a placeholder its prompt does not have is
+refused when the run starts, with the file and the names it may use.
 """
 
 from __future__ import annotations
