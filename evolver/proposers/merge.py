@@ -291,6 +291,9 @@ class MergeProposer:
                 return Proposal(diagnosis=wins, change=f"{title}: {how}", failure="syntax", detail=problem,
                                 merge=replace(record, resolution="failed"))
         changes = {p: c for p, c in changes.items() if a.files.get(p) != (c.encode() if isinstance(c, str) else c)}
+        if not changes:  # every conflict went A's way and B brought nothing else: the merge would be A again
+            return Proposal(diagnosis=wins, change=f"{title}: {how}", failure="duplicate",
+                            detail=f"the merge has the same files as {a.label}", merge=record)
         return Proposal(changes=changes, diagnosis=wins, change=f"{title}: {how}", operator=resolution,
                         merge=record)
 
