@@ -61,7 +61,8 @@ PROPOSAL_STATUSES: Final[tuple[str, ...]] = get_args(ProposalStatus)
 # Why a proposal ended as it did (the `reason` of its row and of its lesson).
 OutcomeReason = Literal[
     "pending", "accepted", "worse", "crashed", "patch_failed", "syntax", "not_mutable", "noop", "truncated",
-    "duplicate", "llm_error", "interrupted", "conflict_unresolved", "merge_error", "failed",
+    "duplicate", "llm_error", "interrupted", "conflict_unresolved", "merge_error", "failed", "budget",
+    "evaluator_error",
 ]
 OUTCOME_REASONS: Final[tuple[str, ...]] = get_args(OutcomeReason)
 # Reasons of a working proposal that lost (not a failure to produce an evaluable child).

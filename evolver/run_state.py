@@ -20,6 +20,7 @@ from .errors import UserInputError
 from .evaluation import InstanceResult, aggregate, cache_key, instances_for
 from .frontier import CandidateScores, Frontier, build_frontier, rank_key, scores_from_results
 from .repo import RunRepo, seed_branch
+from .run_lock import held
 from .store import MergeRow, ProposalRow, RunRow, Store
 from .task import Task, load_task
 
@@ -101,6 +102,7 @@ class RunState:
     name: str
     path: Path
     run: RunRow
+    state: str  # the stored state, except that `running` without a live process holding the run is `interrupted`
     task: Task
     seed: str
     standings: Standings
@@ -188,7 +190,8 @@ def read_state(run_dir: str | Path) -> RunState:
         standings = load_standings(store, repo, key, task, accepted_order(seed, proposals), mode, task.repeats)
         labels = {seed: "seed", **{p.child_sha: f"c{p.id}" for p in proposals if p.child_sha}}
         branches = {c.sha: c.branch for c in store.candidates(row.name) if c.branch}
-        return RunState(name=row.name, path=path, run=row, task=task, seed=seed, standings=standings,
+        state = "interrupted" if row.state == "running" and not held(path) else row.state
+        return RunState(name=row.name, path=path, run=row, state=state, task=task, seed=seed, standings=standings,
                         labels=labels, branches=branches, proposals=proposals,
                         merges=tuple(store.merges(row.name)), llm=store.llm_totals(row.name))
     finally:

@@ -14,12 +14,13 @@ from typing import Any
 from .config import BUILTIN_MODEL, DEFAULT_PROPOSER, Defaults
 from .engine.budget import Budget
 from .engine.loop import Engine, Event, LoopConfig
-from .errors import UserInputError
+from .errors import EvolverError, UserInputError
 from .evaluation import CandidateEvaluator, Evaluator
 from .lessons import LessonLog
 from .proposers.base import Proposer
 from .registry import PROPOSERS
 from .repo import RunRepo, seed_branch
+from .run_lock import RunLock
 from .sandbox import task_sandbox
 from .store import Store
 from .task import Task, load_task
@@ -158,6 +159,10 @@ def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None
         engine.save_progress()
         store.update_run(name, state="stopped", stop_reason="interrupted")
         raise
+    except EvolverError as exc:  # e.g. the task's evaluator failed: the run stops, saying why
+        engine.save_progress()
+        store.update_run(name, state="stopped", stop_reason=f"error: {str(exc).splitlines()[0][:300]}")
+        raise
     finally:
         engine.evaluator.close()
     def branch(sha: str) -> str:
@@ -193,6 +198,14 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
         raise UserInputError("budget: expected at least one of --budget-evals, --budget-usd, --budget-minutes, "
                              "--max-iterations, found none (a run needs a limit)")
     path = Path(run_dir) if run_dir is not None else Path(Defaults.runs_dir) / task.name
+    with RunLock(path):  # held for the run's whole life: one writer per run directory
+        return _start_locked(task, path, model, budget, loop=loop, lessons=lessons, on_event=on_event,
+                             make_evaluator=make_evaluator, proposer=proposer, prompts=prompts)
+
+
+def _start_locked(task: Task, path: Path, model: ModelConfig, budget: Budget, *, loop: LoopConfig | None,
+                  lessons: str | None, on_event: Callable[[Event], None] | None,
+                  make_evaluator: EvaluatorFactory | None, proposer: str | None, prompts: str | None) -> RunResult:
     if (path / "run.db").exists():
         probe = Store(path / "run.db")
         try:
@@ -216,7 +229,7 @@ def start_run(task_path: str | Path, model: ModelConfig, budget: Budget, *, run_
                     raise UserInputError(f"{path}: running the same command again continues the run with its own "
                                          f"settings, and these differ ({shown}); drop those flags to continue, or "
                                          "pick another --run for a run with the new settings")
-            return resume_run(path, budget=budget, on_event=on_event, make_evaluator=make_evaluator)
+            return _resume_locked(path, budget, None, on_event, make_evaluator)
     name = path.resolve().name
     store = Store(path / "run.db")
     try:
@@ -241,6 +254,12 @@ def resume_run(run_dir: str | Path, *, budget: Budget | None = None, workers: in
     path = Path(run_dir)
     if not (path / "run.db").exists():
         raise UserInputError(f"{path}: expected a run directory (with run.db), found none")
+    with RunLock(path):
+        return _resume_locked(path, budget, workers, on_event, make_evaluator)
+
+
+def _resume_locked(path: Path, budget: Budget | None, workers: int | None,
+                   on_event: Callable[[Event], None] | None, make_evaluator: EvaluatorFactory | None) -> RunResult:
     store = Store(path / "run.db")
     try:
         if store.run(path.resolve().name) is None:

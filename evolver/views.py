@@ -21,7 +21,7 @@ def status(run_dir: str | Path) -> dict[str, Any]:
     best = standings.best()
     row = state.run
     return {
-        "run": state.name, "task": state.task.name, "state": row.state, "stop_reason": row.stop_reason,
+        "run": state.name, "task": state.task.name, "state": state.state, "stop_reason": row.stop_reason,
         "iterations": row.iteration, "evals_used": row.evals_used, "usd_used": row.usd_used,
         "elapsed_s": row.elapsed_s, "budget": cfg.get("budget", {}), "model": cfg.get("model", {}).get("model"),
         "proposer": cfg.get("proposer", {}).get("name"), "llm": dict(state.llm),

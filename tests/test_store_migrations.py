@@ -33,7 +33,7 @@ from evolver.views import export, status
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "run_schema3.tar.gz"
 PLACEHOLDER = "/EVOLVER_FIXTURE"
-NEW_COLUMNS = {"proposals": {"parents", "proposer", "operator"}, "evaluations": {"frames"}}
+NEW_COLUMNS = {"proposals": {"parents", "proposer", "operator"}, "evaluations": {"frames"}, "runs": {"evals_reserved"}}
 
 
 def unpack(tmp_path: Path) -> Path:

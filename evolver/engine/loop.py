@@ -75,6 +75,8 @@ class Engine:
         if not self.train:
             raise EvolverError("an evolution run needs instances: a train split (and a val split to generalise)")
         self.val = validation_ids(task)
+        # Calls promised to batches of a process that died (kill -9) were possibly made: they count as spent.
+        self.recovered_evals = store.recover_reserved(run)
         row = store.run(run)
         assert row is not None, "create the run in the store first"
         # Views read the run's results under the key they were stored with: this evaluator's.
@@ -132,8 +134,12 @@ class Engine:
         self.store.update_run(self.run_name, iteration=self.usage.iterations, evals_used=self.usage.evals,
                               usd_used=self.usage.usd, elapsed_s=self.usage.seconds)
 
-    def _evaluate(self, sha: str, ids: Sequence[str], split: str) -> list[InstanceResult] | None:
-        """Results, or None when the budget does not allow the evaluator calls this needs."""
+    def _evaluate(self, sha: str, ids: Sequence[str], split: str, seed: bool = False) -> list[InstanceResult] | None:
+        """Results, or None when the budget does not allow the evaluator calls this needs.
+
+        The calls are reserved in the store before the batch starts and settled with the calls made once it
+        returns: a process killed in between leaves them reserved, and the next start counts them as spent.
+        A result the task's evaluator failed on (not the candidate) stops the run: see `_check_evaluator`."""
         ref = self._ref(sha)
         with self._lock:
             missing = self.evaluator.missing(ref, ids)
@@ -141,15 +147,33 @@ class Engine:
             if evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved), missing):
                 return None
             self._reserved += missing
+            if missing:
+                self.store.reserve_evals(self.run_name, missing)
+        made = 0
         try:
             results = self.evaluator.evaluate(ref, [(i, split) for i in ids])
+            made = sum(r.repeats for r in results if not r.cached)
         finally:
             with self._lock:
                 self._reserved -= missing
-        with self._lock:
-            self.usage = replace(self.usage, evals=self.usage.evals + sum(r.repeats for r in results if not r.cached))
-            self._tick_locked()
+                if missing:  # a batch that raised (Ctrl-C, an engine failure) may have run: count it as spent
+                    self.usage = replace(self.usage, evals=self.usage.evals + (made if made else missing))
+                    self.store.settle_evals(self.run_name, missing, self.usage.evals)
+                self._tick_locked()
+        self._check_evaluator(results, split, seed)
         return results
+
+    def _check_evaluator(self, results: Sequence[InstanceResult], split: str, seed: bool = False) -> None:
+        """The task's evaluator failed (prepare or judge raised, a malformed result): its author's bug, which no
+        candidate can fix; every further call would be spent on it. Stop with its traceback."""
+        fatal = ("evaluator_error", "sandbox_error") if seed else ("evaluator_error",)
+        bad = [r for r in results if r.status in fatal]
+        if bad:
+            first = bad[0]
+            names = ", ".join(r.instance for r in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise EvaluatorFault(first.status, f"the task's evaluator failed on {len(bad)} {split} instance(s) "
+                                 f"({names}); fix the task (its files are unchanged for this run: start a new "
+                                 f"run once fixed). {first.status} on {first.instance}:\n{first.feedback[-2500:]}")
 
     def _budget_stop(self, needed: int) -> str:
         with self._lock:
@@ -178,7 +202,8 @@ class Engine:
         self._labels.setdefault(seed_sha, "seed")
         accepted = accepted_order(seed_sha, self.store.proposals(self.run_name))
         for sha in accepted:
-            results = self._evaluate(sha, self.val, "val")
+            # The seed first: an evaluator or sandbox that cannot score it stops the run before any proposal.
+            results = self._evaluate(sha, self.val, "val", seed=sha == seed_sha)
             if results is None:
                 missing = sum(self.evaluator.missing(self._ref(s), self.val) for s in accepted)
                 what = "the seed" if len(accepted) == 1 else f"the {len(accepted)} accepted candidates (seed included)"
@@ -186,7 +211,9 @@ class Engine:
                                      f"{missing} more evaluator calls are needed ({self.usage.evals} used of "
                                      f"{self.budget.max_evals}); give a larger --budget-evals")
             self.standings.add(sha, results)
-        for p in self.store.proposals(self.run_name, status="pending"):
+        unfinished = self.store.proposals(self.run_name, status="pending") + [
+            p for p in self.store.proposals(self.run_name, status="failed") if p.reason == "budget" and p.child_sha]
+        for p in sorted(unfinished, key=lambda p: p.id):
             self._finish_pending(p)
 
     def run(self) -> str:
@@ -264,8 +291,23 @@ class Engine:
                 return self._budget_stop(len(plan.instances))
             parent_results = got
             plan = replace(plan, baseline=sum(r.score for r in parent_results))
+        # No proposal (and no paid LLM call) that the budget could not evaluate.
+        needed = len(plan.instances) * self.task.repeats
+        with self._lock:
+            short = evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved), needed)
+        if short:
+            return short
         pid = self.store.add_proposal(self.run_name, it, plan.kind, plan.parents[0], list(plan.instances),
                                       plan.baseline, parents=plan.parents, proposer=proposer.name)
+        try:
+            return self._propose_and_land(pid, it, plan, proposer, rng, parent_results)
+        except EvaluatorFault as exc:
+            self.store.update_proposal(pid, status="failed", reason="evaluator_error", detail=str(exc)[:4000])
+            self._lesson(self._proposal(pid), "failed", "evaluator_error", None)
+            raise
+
+    def _propose_and_land(self, pid: int, it: int, plan: Plan, proposer: Proposer, rng: random.Random,
+                          parent_results: Sequence[InstanceResult]) -> str | None:
         if plan.is_merge:
             assert plan.base is not None
             self.store.add_merge(pid, self.run_name, *plan.parents, plan.base, *plan.parent_sums)
@@ -346,6 +388,7 @@ class Engine:
             if orphan is None:
                 self.store.update_proposal(p.id, status="failed", reason="interrupted",
                                            detail="the run stopped before the child was committed")
+                self._lesson(self._proposal(p.id), "failed", "interrupted", None)
                 return
             self.store.update_proposal(p.id, child_sha=orphan.sha, branch=branch)
             p = replace(p, child_sha=orphan.sha, branch=branch)
@@ -362,7 +405,9 @@ class Engine:
         assert p.child_sha is not None and plan.baseline is not None
         child_results = self._evaluate(p.child_sha, plan.instances, plan.split)
         if child_results is None:
-            return self._budget_stop(len(plan.instances))
+            why = self._budget_stop(len(plan.instances))
+            self._out_of_budget(p, f"not evaluated: {why}")
+            return why
         child_sum = sum(r.score for r in child_results)
         crashed = all(r.status in FAILED_STATUSES for r in child_results)
         better = child_sum > plan.baseline or (plan.at_least and child_sum >= plan.baseline)
@@ -378,13 +423,19 @@ class Engine:
                                     f"({reason}): {detail.splitlines()[0][:100]}")
             return None
         val_results = self._evaluate(p.child_sha, self.val, "val")
-        if val_results is None:  # left pending: `resume` with a larger budget finishes it
-            self.store.update_proposal(p.id, child_score=child_sum, detail=f"accepted on the {versus}; "
-                                       "validation not run: budget")
-            return self._budget_stop(len(self.val))
+        if val_results is None:
+            why = self._budget_stop(len(self.val))
+            self._out_of_budget(p, f"accepted on the {versus}; validation not run: {why}", child_sum)
+            return why
         with self._lock:
             self._accept(p, plan, val_results, child_sum, versus)
         return None
+
+    def _out_of_budget(self, p: ProposalRow, detail: str, child_score: float | None = None) -> None:
+        """A committed child the budget cannot judge: its outcome is `budget` (with its lesson), and `resume` with
+        a larger budget judges it then."""
+        self.store.update_proposal(p.id, status="failed", reason="budget", detail=detail, child_score=child_score)
+        self._lesson(self._proposal(p.id), "failed", "budget", None)
 
     def _accept(self, p: ProposalRow, plan: Plan, val_results: Sequence[InstanceResult], child_sum: float,
                 versus: str) -> None:
@@ -432,6 +483,15 @@ class Engine:
 
     def _lesson(self, p: ProposalRow, outcome: str, reason: str, delta: float | None) -> None:
         self.lessons.append(lesson_of(p, self.task.name, outcome, reason, delta))
+
+
+class EvaluatorFault(EvolverError):
+    """The task's evaluator (or, for the seed, the sandbox) failed: not something a candidate can fix."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.exit_code = 2 if status == "evaluator_error" else 1  # the task's code: bad input; the sandbox: not
 
 
 class BudgetTooSmall(EvolverError):

@@ -60,6 +60,33 @@ class RunRecords:
         if fields:
             self._update("runs", "name", name, fields)
 
+    def reserve_evals(self, name: str, calls: int) -> None:
+        """Promise `calls` evaluator calls to a batch about to start (written before it starts)."""
+        with self._lock:
+            self._db.execute("UPDATE runs SET evals_reserved = evals_reserved + ? WHERE name=?", (calls, name))
+
+    def settle_evals(self, name: str, reserved: int, evals_used: int) -> None:
+        """A batch finished: its promise is released and the calls it made are in `evals_used`, at once."""
+        with self._lock:
+            self._db.execute("UPDATE runs SET evals_reserved = MAX(0, evals_reserved - ?), evals_used = ?, "
+                             "updated_at = ? WHERE name=?", (reserved, evals_used, time.time(), name))
+
+    def recover_reserved(self, name: str) -> int:
+        """Calls promised to batches of a process that died count as spent; returns how many."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT evals_reserved FROM runs WHERE name=?", (name,)).fetchone()
+                lost = int(row[0]) if row is not None else 0
+                if lost:
+                    self._db.execute("UPDATE runs SET evals_used = evals_used + ?, evals_reserved = 0 "
+                                     "WHERE name=?", (lost, name))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return lost
+
     # -- proposals -------------------------------------------------------------------------------------
     def add_proposal(self, run: str, iteration: int, kind: str, parent_sha: str, minibatch: list[str],
                      parent_score: float | None, *, parents: Iterable[str] | None = None,

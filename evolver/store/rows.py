@@ -57,6 +57,7 @@ class RunRow:
     usd_used: float
     elapsed_s: float
     stop_reason: str | None
+    evals_reserved: int = 0  # promised to batches in flight (spent, should the process die)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,12 @@ def _lineage(db: sqlite3.Connection) -> None:
     db.execute("UPDATE proposals SET proposer = kind WHERE proposer = ''")
 
 
+def _reservations(db: sqlite3.Connection) -> None:
+    """Evaluator calls promised to batches in flight, written before a batch starts: after a kill -9 they count
+    as spent, so the evaluator never runs more often than the budget allows."""
+    _add_column(db, "runs", "evals_reserved", "INTEGER NOT NULL DEFAULT 0")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the version the file has once this step is applied
@@ -111,6 +117,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "runs, proposals, LLM calls", _statements(_V2_TABLES)),
     Migration(3, "merges", _statements(_V3_TABLES)),
     Migration(4, "proposal parents, proposer and operator; evaluation traceback frames", _lineage),
+    Migration(5, "evaluator calls reserved by batches in flight", _reservations),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "migrations must go up by one"
