@@ -344,3 +344,43 @@ def test_an_llm_outage_during_a_merge_spends_neither_the_attempt_nor_the_pair(sc
     rows = db.execute("SELECT p.iteration, p.status, p.reason FROM merges m JOIN proposals p ON p.id = m.proposal_id "
                       "ORDER BY p.id").fetchall()
     assert rows == [(3, "failed", "llm_error"), (4, "accepted", "accepted")]  # the same pair, merged after all
+
+
+def test_a_conflict_in_an_indented_body_resolves_the_same_whichever_way_the_reply_indents() -> None:
+    from evolver.proposers.merge import fill_placeholders
+
+    base = {"sol.py": TOY_SEED.encode()}
+    a = {"sol.py": b"def f(x):\n    if x == 10:\n        return 20\n    return 1\n"}
+    b = {"sol.py": b"def f(x):\n    if x == 10:\n        return 20\n    return 2\n"}
+    merged = three_way(base, a, b).conflicted
+    (conflict,) = merged["sol.py"].conflicts
+    assert conflict.placeholder == "    <<CONFLICT 1>>"
+    expected = "def f(x):\n    if x == 10:\n        return 20\n    return 3\n"
+
+    def reply(search: str, replace: str) -> str:
+        return f"## Edits\nsol.py\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
+
+    # As the prompt's example shows it; as the file shows it; and the resolved line given from column 0.
+    for search, replace in (("<<CONFLICT 1>>", "    return 3"), ("    <<CONFLICT 1>>", "    return 3"),
+                            ("<<CONFLICT 1>>", "return 3")):
+        files, problems = fill_placeholders(reply(search, replace), merged)
+        assert problems == [] and files["sol.py"] == expected, (search, replace, files)
+    # Anything but a placeholder is refused, and so is a placeholder left out.
+    _, problems = fill_placeholders(reply("    return 1", "    return 3"), merged)
+    assert "expected SEARCH to be one conflict placeholder line" in problems[0]
+    _, problems = fill_placeholders("## Edits\n", merged)
+    assert len(problems) == 1 and "found none" in problems[0]
+
+
+def test_a_reply_that_follows_the_merge_example_applies_with_the_right_indentation(scripted_llm,
+                                                                                   tmp_path: Path) -> None:
+    task, run_dir = toy_siblings(scripted_llm, tmp_path)
+    as_in_the_example = ("## Diagnosis\nBoth halves.\n## Change\nDouble every input.\n## Edits\nsol.py\n"
+                         "<<<<<<< SEARCH\n<<CONFLICT 1>>\n=======\n    return 2 * x\n>>>>>>> REPLACE\n")
+    scripted_llm.add(as_in_the_example)
+    start_run(task, llm(scripted_llm), Budget(max_iterations=3), run_dir=run_dir)
+    doc = status(run_dir)
+    assert doc["merges"]["pairs"][0]["outcome"] == "accepted:accepted", doc["merges"]
+    merged = show(run_dir, doc["merges"]["pairs"][0]["merge"])
+    files = RunRepo.open_or_init(run_dir / "repo").read_files(merged["sha"])
+    assert files["sol.py"].decode() == "def f(x):\n    return 2 * x\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import random
+import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,8 @@ import libcst
 
 from ..config import MERGE_KIND
 from ..llm import LLM, LLMError
-from ..patches import apply_reply, truncated
+from ..patch_parsing import parse_reply
+from ..patches import truncated
 from .base import MergeRecord, ParentInfo, Proposal, ProposalContext
 from .prompts import Prompts, load_prompts, merge_prompt
 from .reflective import reply_section
@@ -357,7 +359,6 @@ class LLMResolver:
         fallback = ScoreResolver().resolve(whole, ctx) if whole else Resolved()
         if not textual:
             return fallback
-        files = {p: fm.with_placeholders() for p, fm in textual.items()}
         messages = [{"role": "system", "content": self.prompts.render("merge_system")},
                     {"role": "user", "content": merge_prompt(self.prompts, textual, ctx)}]
         detail = ""
@@ -370,14 +371,7 @@ class LLMResolver:
             if reply.truncated or truncated(text):
                 return Resolved(failure="truncated", detail=f"the reply was cut off (finish_reason="
                                 f"{reply.finish_reason})")
-            result = apply_reply(text, dict(files), ctx.task.is_mutable)
-            problems = [] if result.ok else [result.feedback()]
-            resolved = {**files, **result.changes} if result.ok else files
-            left = [c for fm in textual.values() for c in fm.conflicts
-                    if f"<<CONFLICT {c.index}>>" in (resolved.get(c.path) or "")]
-            if result.ok and left:
-                problems.append("Still unresolved: " + ", ".join(f"<<CONFLICT {c.index}>> in {c.path}"
-                                                                 for c in left) + ". Replace every placeholder.")
+            resolved, problems = fill_placeholders(text, textual)
             if not problems:
                 how = {c.index: "llm" for fm in textual.values() for c in fm.conflicts}
                 return Resolved(files={**fallback.files, **{p: resolved[p] for p in textual}},
@@ -387,6 +381,43 @@ class LLMResolver:
                          {"role": "user", "content": self.prompts.render("merge_repair",
                                                                          problems="\n".join(problems))}]
         return Resolved(failure="conflict_unresolved", detail=detail)
+
+
+_PLACEHOLDER = re.compile(r"^\s*<<CONFLICT (\d+)>>\s*$")
+
+
+def _resolution(c: Conflict, lines: Sequence[str]) -> str:
+    """The lines a reply gave for a conflict, where the placeholder stood. Lines given as they must stand in
+    the file are taken as they are; lines given from column 0 (the placeholder's own indentation left out) are
+    indented by it, so both ways of answering give the same file."""
+    first = next((ln for ln in lines if ln.strip()), "")
+    shift = c.indent if c.indent and first and not first[0].isspace() else ""
+    return "".join((shift + ln if ln.strip() else ln) + "\n" for ln in lines)
+
+
+def fill_placeholders(reply: str, textual: Mapping[str, FileMerge]) -> tuple[dict[str, str], list[str]]:
+    """The conflicted files with the reply's resolutions in place of their placeholders, and what is wrong with
+    the reply (an edit that is not of a placeholder, a placeholder of no conflict, conflicts left unresolved)."""
+    parsed = parse_reply(reply)
+    problems = [str(e) for e in parsed.errors]
+    conflicts = {c.index: c for fm in textual.values() for c in fm.conflicts}
+    chosen: dict[int, str] = {}
+    for edit in parsed.edits:
+        search = [ln for ln in edit.search if ln.strip()]
+        m = _PLACEHOLDER.match(search[0]) if edit.op == "replace" and len(search) == 1 else None
+        c = conflicts.get(int(m.group(1))) if m else None
+        if c is None or c.path != edit.path:
+            found = repr(search[0].strip()[:60]) if search else f"a {edit.op} of the whole file"
+            problems.append(f"{edit.describe()} ({edit.path}): expected SEARCH to be one conflict placeholder line of "
+                            f"that file, such as {next(iter(conflicts.values())).placeholder.strip()}, found {found}")
+            continue
+        chosen[c.index] = _resolution(c, edit.replace)
+    left = [c for c in conflicts.values() if c.index not in chosen]
+    if left and not problems:
+        problems.append("Still unresolved: " + ", ".join(f"<<CONFLICT {c.index}>> in {c.path}" for c in left) +
+                        ". Replace every placeholder.")
+    files = {p: fm.render(lambda c: chosen.get(c.index, c.placeholder + "\n")) for p, fm in textual.items()}
+    return files, problems
 
 
 def _change_line(reply: str) -> str:
