@@ -19,6 +19,8 @@ from .evaluation import InstanceResult
 SEVERITY = {"sandbox_error": 0, "evaluator_error": 1, "crashed": 2, "memory": 3, "timeout": 4,
             "output_limit": 5, "no_output": 6, "error": 7, "missing": 8, "failed": 9, "invalid": 10,
             "skipped": 11, "ok": 99}
+HOT_SHARE = 0.05  # a hot spot takes at least this share of the candidate's measured CPU time...
+HOT_MIN_S = 0.002  # ...and at least this long, summed over the batch
 _ADDR = re.compile(r"0x[0-9a-fA-F]{6,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -107,7 +109,8 @@ def group_failures(results: Sequence[InstanceResult]) -> list[FailureGroup]:
 
 
 def hot_spots(results: Sequence[InstanceResult], top: int = 8) -> tuple[HotSpot, ...]:
-    """Candidate functions by cumulative time, summed over instances."""
+    """Candidate functions by cumulative time, summed over instances; only those that matter: at least
+    HOT_SHARE of the instances' CPU time (when measured) and HOT_MIN_S in all (a 0.4 ms function is no lead)."""
     total: dict[str, list[float]] = {}
     where: dict[str, tuple[str | None, int | None, str | None]] = {}
     for r in results:
@@ -119,7 +122,9 @@ def hot_spots(results: Sequence[InstanceResult], top: int = 8) -> tuple[HotSpot,
             agg[2] += float(row.get("cumtime_s", 0.0) or 0.0)
             line = row.get("line")
             where.setdefault(key, (row.get("file"), line if isinstance(line, int) else None, row.get("name")))
-    rows = sorted(total.items(), key=lambda kv: -kv[1][2])[:top]
+    cpu = sum(float((r.usage or {}).get("cpu_s") or 0.0) for r in results)
+    floor = max(HOT_MIN_S, HOT_SHARE * cpu)
+    rows = sorted(((f, v) for f, v in total.items() if v[2] >= floor), key=lambda kv: -kv[1][2])[:top]
     return tuple(HotSpot(f, n, t, c, *where[f]) for f, (n, t, c) in rows)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from evolver.evaluation import InstanceResult
 from evolver.evidence import clip, condense, group_failures, sanitize
 
@@ -39,3 +41,15 @@ def test_budget_clip_and_profile_kept() -> None:
 
 def test_sanitize_makes_escapes_visible() -> None:
     assert sanitize("ok\x1b[31mred\x00\n") == "ok\\x1b[31mred\\x00\n"
+
+
+def test_hot_spots_are_only_the_functions_that_take_real_time() -> None:
+    from evolver.evidence import hot_spots
+
+    profile = ({"function": "sol.py:3(slow)", "ncalls": 1, "tottime_s": 0.3, "cumtime_s": 0.4},
+               {"function": "sol.py:9(tiny)", "ncalls": 1, "tottime_s": 0.0004, "cumtime_s": 0.0004},
+               {"function": "sol.py:12(minor)", "ncalls": 1, "tottime_s": 0.01, "cumtime_s": 0.01})
+    r = InstanceResult(instance="a", split="train", status="ok", score=1.0, objectives={}, feedback="",
+                       profile=profile, usage={"cpu_s": 0.5})
+    assert [h.function for h in hot_spots([r])] == ["sol.py:3(slow)"]  # 0.01 s is 2% of 0.5 s: no lead
+    assert [h.function for h in hot_spots([replace(r, usage=None)])] == ["sol.py:3(slow)", "sol.py:12(minor)"]
