@@ -128,6 +128,7 @@ class Defaults:
     # stopping
     failing_streak_warning: Final = 5  # proposals in a row without an evaluable child: say so
     llm_error_streak_stop: Final = 3  # LLM failures in a row (after retries): stop the run
+    nothing_new_stop: Final = 30  # proposals in a row that changed nothing or repeated a candidate: stop the run
 
 
 def one_of(values: tuple[str, ...]) -> str:

@@ -240,3 +240,15 @@ def test_parallel_iterations_keep_store_repo_and_budget_consistent(tmp_path: Pat
     trees = db.execute("SELECT tree FROM candidates").fetchall()
     assert len(trees) == len(set(trees))  # no two candidates with the same files
     assert status(kit.run_dir)["evals_used"] == len(calls)
+
+
+def test_a_proposer_out_of_ideas_stops_the_run(tmp_path: Path) -> None:
+    from evolver.config import Defaults
+
+    # No-ops and duplicates cost no evaluator call: without this rule such a run would never end.
+    same = lambda ctx: Proposal(changes={"sol.py": ctx.parent_files["sol.py"]}, change="the same")  # noqa: E731
+    kit = make_engine(tmp_path, Scripted([same] * 500), examples=EXAMPLES, val=["v1", "v2"],
+                      budget=Budget(max_evals=1000), loop=LoopConfig(minibatch=2, merge=False))
+    reason = run(kit)
+    assert reason.startswith(f"nothing new: the last {Defaults.nothing_new_stop} proposals")
+    assert len(outcomes(kit)) == Defaults.nothing_new_stop

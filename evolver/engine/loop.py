@@ -97,6 +97,9 @@ class Engine:
                                        config.tried_shown)
         self.failing_streak = 0
         self.llm_error_streak = 0  # LLM calls that failed after all retries, in a row
+        # Proposals in a row that cost nothing and found nothing (no-ops, duplicates): a proposer that has run out
+        # of new ideas (the builtin one on a small program) would otherwise iterate for ever.
+        self.nothing_new_streak = 0
         self._clock = time.monotonic()
         # Guards the engine's state (usage, standings, known trees) when several iterations run at once; LLM
         # calls and evaluations run outside it. The store and the repo are safe to use concurrently.
@@ -249,6 +252,9 @@ class Engine:
                 if reason is None and self.llm_error_streak >= Defaults.llm_error_streak_stop:
                     reason = (f"the LLM failed {self.llm_error_streak} times in a row after retries; see "
                               "`evolver show` of the last proposal, fix the model or server, then `evolver resume`")
+                if reason is None and self.nothing_new_streak >= Defaults.nothing_new_stop:
+                    reason = (f"nothing new: the last {self.nothing_new_streak} proposals changed nothing or "
+                              "repeated a candidate (the proposer has run out of ideas for this program)")
                 self._stopping = reason
             if self._stopping is not None:
                 return None
@@ -449,7 +455,7 @@ class Engine:
         improved = self.standings.improves_on(p.child_sha, before)
         self.usage = replace(self.usage, best_score=max(val_score, self.usage.best_score or float("-inf")),
                              since_improvement=0 if improved else self.usage.since_improvement + 1)
-        self.failing_streak = 0
+        self.failing_streak = self.nothing_new_streak = 0
         if self.planner is not None:
             self.planner.accepted(plan)  # each accepted mutation schedules one merge attempt
         self._emit("iteration", f"c{p.id} accepted: {versus}, val {val_score:.4g}")
@@ -470,6 +476,7 @@ class Engine:
     def _count(self, plan: Plan, reason: str) -> None:
         """Streaks and patience after an outcome that was not an acceptance (called under the lock)."""
         self.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
+        self.nothing_new_streak = self.nothing_new_streak + 1 if reason in ("noop", "duplicate") else 0
         if plan.is_merge:
             return  # a merge that produced nothing better: patience counts it, the failing-proposals warning not
         self.llm_error_streak = self.llm_error_streak + 1 if reason == "llm_error" else 0
