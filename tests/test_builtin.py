@@ -289,3 +289,44 @@ def test_traceback_text_alone_is_not_read_back(task: Task) -> None:
     # Evidence reaches the proposer as records: a traceback that is only text (no frames) names no function.
     ev = read_evidence([_r("error", TRACEBACK)], ["work.py"])
     assert ev.functions == {} and "without a traceback into the candidate" in ev.diagnosis
+
+
+POLICY = '''"""A policy mixing text and numbers, as spot-scheduling policies do."""
+MODES = ("spot", "on_demand")
+
+
+def decide(obs, state: str, deadline, budget=3.0):
+    label = "wait"
+    if state == "idle":
+        return "idle"
+    margin = deadline - obs * 2.0
+    if margin > budget:
+        label = "spot"
+    for mode in ("spot", "on_demand"):
+        if mode == label:
+            return mode
+    return label + "-late" if margin < 0 else label
+'''
+
+
+def test_mutations_respect_what_kind_of_value_a_name_holds() -> None:
+    # Text, collections and flags are never operands of arithmetic in a mutant: no "idle" * max(obs, 1e-09) ** -1.
+    bad = 0
+    for seed in range(400):
+        got = mutate_source(POLICY, random.Random(seed))
+        assert got is not None
+        new, desc = got
+        namespace: dict = {}
+        exec(compile(new, "policy.py", "exec"), namespace)  # our own test module, mutated: safe to run here
+        for args in ((1.0, "idle", 10.0), (1.0, "busy", 10.0), (3.0, "busy", 1.0), (0.0, "busy", 100.0)):
+            try:
+                namespace["decide"](*args)
+            except TypeError:
+                bad += 1
+                print(desc)
+            except (ZeroDivisionError, OverflowError, ValueError, NameError):
+                continue
+        for textual in ("state", "label", "mode", '"idle"', '"wait"', '"spot"'):
+            assert not (desc.startswith("combine") and desc.split("->")[0].strip().endswith(textual)), desc
+            assert f"max({textual.strip(chr(34))}, " not in desc, desc
+    assert bad == 0

@@ -19,8 +19,9 @@ from functools import lru_cache
 import libcst as cst
 from libcst.metadata import ExpressionContext, ExpressionContextProvider, MetadataWrapper, PositionProvider
 
+from .value_kinds import MODULE, non_numeric_names, non_numeric_node
+
 KINDS = ("perturb", "swap_op", "replace", "combine", "branch", "statement")
-MODULE = "<module>"
 FOCUS_P = 0.85  # probability of mutating a function the evidence names, when there is one
 LINE_P = 0.5  # probability of mutating a named line of that function, when it has a site there
 ARITH = {cst.Add: "+", cst.Subtract: "-", cst.Multiply: "*", cst.Divide: "/"}
@@ -93,8 +94,9 @@ class _Collector(cst.CSTVisitor):
 
     METADATA_DEPENDENCIES = (PositionProvider, ExpressionContextProvider)
 
-    def __init__(self) -> None:
+    def __init__(self, non_numeric: dict[str, frozenset[str]] | None = None) -> None:
         super().__init__()
+        self.non_numeric = non_numeric or {}  # function -> names holding text, collections or flags
         self.sites: list[Site] = []
         self.scopes: list[_Scope] = []
         self.arith_children: set[int] = set()
@@ -111,12 +113,16 @@ class _Collector(cst.CSTVisitor):
     def _in_body(self) -> bool:
         return bool(self.scopes) and not self.depth["params"] and not self.depth["annotation"]
 
+    def _textual(self) -> frozenset[str]:
+        return self.non_numeric.get(self._func(), frozenset()) | self.non_numeric.get(MODULE, frozenset())
+
     def _names_in_scope(self, line: int) -> list[str]:
+        """The numeric names in scope: replacing a number with a string, or combining with one, only crashes."""
         names: set[str] = set()
         for sc in self.scopes:
             names.update(sc.params)
             names.update(n for n, ln in sc.assigned.items() if ln < line)
-        return sorted(names)
+        return sorted(names - self._textual())
 
     def _add(self, kind: str, node: cst.CSTNode, **kw: object) -> None:
         self.sites.append(Site(kind, self._func(), self._line(node), node, **kw))  # type: ignore[arg-type]
@@ -162,7 +168,7 @@ class _Collector(cst.CSTVisitor):
             self.scopes[-1].assigned.setdefault(node.value, line)
         if ctx != ExpressionContext.LOAD or not self._in_body():
             return
-        scope = self._names_in_scope(line)
+        scope = self._names_in_scope(line)  # a name holding text is not in it: no arithmetic on it
         if node.value in scope and len(scope) > 1:
             others = tuple(n for n in scope if n != node.value)
             self._add("replace", node, names=others)
@@ -182,6 +188,9 @@ class _Collector(cst.CSTVisitor):
     def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
         self.arith_children.update((id(node.left), id(node.right)))
         if type(node.operator) in ARITH and not self.depth["annotation"]:
+            textual = self._textual()
+            if non_numeric_node(node.left, textual) or non_numeric_node(node.right, textual):
+                return  # string or list concatenation, repetition: not arithmetic to swap or combine
             self._add("swap_op", node)
             if self._in_body():
                 scope = self._names_in_scope(self._line(node))
@@ -190,9 +199,12 @@ class _Collector(cst.CSTVisitor):
 
     def visit_Comparison(self, node: cst.Comparison) -> None:
         self.arith_children.add(id(node.left))
+        textual = self._textual()
         for target in node.comparisons:
             self.arith_children.add(id(target.comparator))
-            if type(target.operator) in COMPARE and not self.depth["annotation"]:
+            # `state == "idle"` is no ordering to swap: `state < "idle"` means nothing (or raises).
+            ordered = not (non_numeric_node(node.left, textual) or non_numeric_node(target.comparator, textual))
+            if type(target.operator) in COMPARE and not self.depth["annotation"] and ordered:
                 self._add("swap_op", target)
 
     # statements
@@ -200,6 +212,8 @@ class _Collector(cst.CSTVisitor):
         if node.value is None or not self._in_body():
             return
         self.top_level.add(id(node.value))
+        if non_numeric_node(node.value, self._textual()):
+            return
         if not isinstance(node.value, (cst.Name, cst.BinaryOperation)):  # those are combine sites of their own
             scope = self._names_in_scope(self._line(node))
             if scope:
@@ -365,7 +379,7 @@ def collect_sites(source: str) -> tuple[cst.Module, list[Site], set[int]] | None
         wrapper = MetadataWrapper(cst.parse_module(source))
     except cst.ParserSyntaxError:
         return None
-    collector = _Collector()
+    collector = _Collector(non_numeric_names(source))
     wrapper.visit(collector)
     return wrapper.module, collector.sites, collector.arith_children
 
