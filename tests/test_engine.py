@@ -252,3 +252,20 @@ def test_a_proposer_out_of_ideas_stops_the_run(tmp_path: Path) -> None:
     reason = run(kit)
     assert reason.startswith(f"nothing new: the last {Defaults.nothing_new_stop} proposals")
     assert len(outcomes(kit)) == Defaults.nothing_new_stop
+
+
+def test_a_budget_that_cannot_validate_five_children_is_said_at_start(tmp_path: Path) -> None:
+    examples = {f"t{k}": {"w": 2.0, "b": 0.0} for k in range(3)} | {f"v{k}": {"w": 2.0, "b": 0.0} for k in range(40)}
+    warned: list[str] = []
+    kit = make_engine(tmp_path, Scripted([]), examples=examples, val=[f"v{k}" for k in range(40)],
+                      budget=Budget(max_evals=100), loop=LoopConfig(minibatch=3, merge=False))
+    kit.engine.on_event = lambda e: warned.append(e.message) if e.kind == "warning" else None
+    run(kit)
+    (advice,) = [w for w in warned if w.startswith("budget plan")]
+    assert "pays for about 1 accepted children" in advice and "each costs 40 calls to validate" in advice
+    assert "--budget-evals 270 or more" in advice
+    roomy = make_engine(tmp_path / "roomy", Scripted([]), examples=EXAMPLES, val=["v1", "v2"],
+                        budget=Budget(max_evals=1000), loop=LoopConfig(merge=False))
+    roomy.engine.on_event = lambda e: warned.append(e.message) if e.kind == "warning" else None
+    run(roomy)
+    assert sum(w.startswith("budget plan") for w in warned) == 1

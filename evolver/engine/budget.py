@@ -62,3 +62,24 @@ def stop_reason(budget: Budget, usage: Usage) -> str | None:
     if budget.patience is not None and usage.since_improvement >= budget.patience:
         return f"no improvement for {usage.since_improvement} iterations (patience {budget.patience})"
     return None
+
+
+# A run should be able to validate at least this many accepted children, or it can hardly improve on the seed.
+PLANNED_ACCEPTS = 5
+
+
+def budget_advice(budget: Budget, val: int, minibatch: int, repeats: int, used: int) -> str | None:
+    """At start: when the evaluator-call budget cannot pay for validating PLANNED_ACCEPTS accepted children, say
+    what one costs and what budget would; None when it can (or there is no call budget)."""
+    if budget.max_evals is None:
+        return None
+    per_iteration = 2 * minibatch * repeats  # the parent's minibatch (often cached) and the child's
+    per_accept = val * repeats  # an accepted child is validated on the whole validation split
+    needed = used + val * repeats + PLANNED_ACCEPTS * (per_accept + per_iteration)
+    if budget.max_evals >= needed:
+        return None
+    affordable = max(0, (budget.max_evals - used - val * repeats) // max(1, per_accept + per_iteration))
+    return (f"budget plan: --budget-evals {budget.max_evals} pays for about {affordable} accepted children: each "
+            f"costs {per_accept} calls to validate ({val} validation instances x {repeats} repeats) besides "
+            f"{per_iteration} per iteration; --budget-evals {needed} or more lets at least {PLANNED_ACCEPTS} "
+            "be validated (or use a smaller validation split)")

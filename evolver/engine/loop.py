@@ -30,7 +30,7 @@ from ..run_state import Standings, accepted_order, validation_ids
 from ..store import ProposalRow, Store
 from ..task import Task
 from . import checks
-from .budget import Budget, Usage, evals_exhausted, stop_reason
+from .budget import Budget, Usage, budget_advice, evals_exhausted, stop_reason
 from .context import ContextBuilder, lesson_of
 from .plans import MergePlanner, Plan, mutation_plan, plan_of
 
@@ -203,6 +203,9 @@ class Engine:
         """Load the accepted candidates (seed first) with their validation results, then finish what a kill
         left pending."""
         self._labels.setdefault(seed_sha, "seed")
+        advice = budget_advice(self.budget, len(self.val), self.config.minibatch, self.task.repeats, self.usage.evals)
+        if advice:
+            self._emit("warning", advice)
         accepted = accepted_order(seed_sha, self.store.proposals(self.run_name))
         for sha in accepted:
             # The seed first: an evaluator or sandbox that cannot score it stops the run before any proposal.
