@@ -34,6 +34,11 @@ class Lesson:
     kind: str = "mutation"  # mutation | merge
     proposer: str = ""  # the registered proposer that made it ("" in lessons written before it was recorded)
     operator: str = ""  # the proposer's own label for the kind of change (the builtin's mutation kinds)
+    candidate: str = ""  # the child's label (c7), "" when none was committed
+    parent_label: str = ""  # the (first) parent's label
+    judged_on: str = ""  # what `delta` sums over: "minibatch" (train instances) or "subsample" (validation)
+    deltas: dict[str, float] = field(default_factory=dict)  # per judged instance: child minus parent
+    diff: str = ""  # the change as a short unified diff of the mutable files
 
 
 class LessonLog:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import MERGE_KIND
 from ..evaluation import InstanceResult
 from ..evidence import gather
 from ..lessons import Lesson, LessonLog, relevant
-from ..proposers.base import ParentInfo, ProposalContext, TriedAttempt
+from ..proposers.base import ParentInfo, ProposalContext, Standing, TriedAttempt
 from ..repo import RunRepo
 from ..run_state import Standings
 from ..store import ProposalRow, Store
@@ -21,12 +22,28 @@ from .plans import Plan, moved_instances
 HISTORY_SHOWN = 6  # a merge parent's accepted changes since the base
 
 
-def lesson_of(p: ProposalRow, task: str, outcome: str, reason: str, delta: float | None) -> Lesson:
+DIFF_CHARS = 500  # a lesson's change as a diff: enough to see what was written, not a whole file
+
+
+def lesson_of(p: ProposalRow, task: str, outcome: str, reason: str, delta: float | None, **more: Any) -> Lesson:
     """The lesson a proposal's outcome teaches (also how a merge shows a parent's history)."""
     return Lesson(task=task, run=p.run, iteration=p.iteration, parent=p.parent_sha, child=p.child_sha,
                   files=tuple(p.files), failure_kinds=tuple(p.failure_kinds), diagnosis=p.diagnosis,
                   change=p.change, outcome=outcome, reason=reason, delta=delta,
-                  kind=MERGE_KIND if p.kind == MERGE_KIND else "mutation", proposer=p.proposer, operator=p.operator)
+                  kind=MERGE_KIND if p.kind == MERGE_KIND else "mutation", proposer=p.proposer, operator=p.operator,
+                  **more)
+
+
+def short_diff(diff: str, limit: int = DIFF_CHARS) -> str:
+    """The changed lines of a unified diff, each file named once, within `limit` characters."""
+    out: list[str] = []
+    for line in diff.splitlines():
+        if line.startswith("+++ "):
+            out.append(line[4:].removeprefix("b/") + ":")
+        elif line[:1] in "+-" and not line.startswith("--- "):
+            out.append(line)
+    text = "\n".join(out)
+    return text if len(text) <= limit else text[: limit - 4] + "\n..."
 
 
 def mutable_texts(task: Task, files: Mapping[str, bytes]) -> dict[str, str]:
@@ -52,6 +69,7 @@ class ContextBuilder:
     label: Callable[[str], str]
     parents: Mapping[str, tuple[str, ...]]
     tried_shown: int
+    eval_key: str  # the evaluator's: per-instance results of earlier attempts come from its stored results
 
     def _parent(self, sha: str, results: Sequence[InstanceResult] = (), wins: tuple[str, ...] = (),
                 history: tuple[Lesson, ...] = ()) -> ParentInfo:
@@ -61,11 +79,51 @@ class ContextBuilder:
                           val=self.standings.scores(sha) if sha in self.standings else None, wins=wins,
                           history=history)
 
+    def _scores(self, sha: str | None, ids: Sequence[str]) -> dict[str, float]:
+        """Stored scores (first repeat) of a candidate on instances: for showing, never for deciding."""
+        if sha is None:
+            return {}
+        cand = self.store.candidate(sha)  # its tree without a git call
+        rows = self.store.cached(self.eval_key, cand.tree if cand else self.repo.tree_sha(sha), ids)
+        return {i: r.score for (i, rep), r in rows.items() if rep == 0}
+
     def _tried(self, parent: str) -> tuple[TriedAttempt, ...]:
         rows = [p for p in self.store.proposals(self.run, parent_sha=parent)
-                if p.status in ("rejected", "failed") and p.kind != MERGE_KIND]
-        return tuple(TriedAttempt(p.proposer, p.operator, p.change, p.reason, p.detail)
-                     for p in rows[-self.tried_shown:])
+                if p.status in ("rejected", "failed") and p.kind != MERGE_KIND][-self.tried_shown:]
+        out = []
+        for p in rows:
+            before, after = self._scores(parent, p.minibatch), self._scores(p.child_sha, p.minibatch)
+            results = tuple((i, before.get(i), after.get(i)) for i in p.minibatch) if after else ()
+            out.append(TriedAttempt(p.proposer, p.operator, p.change, p.reason, p.detail, results))
+        return tuple(out)
+
+    def standing(self, sha: str) -> Standing | None:
+        """Where `sha` stands among the accepted candidates (None before it is validated)."""
+        st = self.standings
+        if sha not in st:
+            return None
+        best = st.best()
+        ranked = sorted(st.candidates(), key=st.mean_score, reverse=True)
+        mine, top = st.scores(sha).per_instance, {i: max((st.scores(c).per_instance.get(i) or 0.0)
+                                                         for c in ranked) for i in st.val_ids}
+        wins = tuple(i for i, who in st.frontier().best_on.items() if sha in who)
+        behind = sorted(((i, mine.get(i) or 0.0, top[i]) for i in st.val_ids if (mine.get(i) or 0.0) < top[i]),
+                        key=lambda x: x[1] - x[2])
+        return Standing(score=st.mean_score(sha), rank=ranked.index(sha) + 1, of=len(ranked),
+                        best_label=self.label(best) if best else "-", best_score=st.mean_score(best) if best else None,
+                        wins=wins, behind=tuple(behind))
+
+    def lesson(self, p: ProposalRow, outcome: str, reason: str, delta: float | None) -> Lesson:
+        """The lesson of a proposal, with what it did per instance and the change as a short diff."""
+        deltas: dict[str, float] = {}
+        diff = ""
+        if p.child_sha:
+            before, after = self._scores(p.parent_sha, p.minibatch), self._scores(p.child_sha, p.minibatch)
+            deltas = {i: round(after[i] - before[i], 6) for i in p.minibatch if i in after and i in before}
+            diff = short_diff(self.repo.diff(p.parent_sha, p.child_sha).decode("utf-8", errors="replace"))
+        return lesson_of(p, self.task.name, outcome, reason, delta, candidate=self.label(p.child_sha)
+                         if p.child_sha else "", parent_label=self.label(p.parent_sha),
+                         judged_on="subsample" if p.kind == MERGE_KIND else "minibatch", deltas=deltas, diff=diff)
 
     def mutation(self, plan: Plan, parent_results: Sequence[InstanceResult], it: int) -> ProposalContext:
         parent = self._parent(plan.parents[0], parent_results)
@@ -73,7 +131,7 @@ class ContextBuilder:
         return ProposalContext(
             task=self.task, parents=(parent,), evidence=gather(parent_results),
             lessons=relevant(self.lessons.load(self.task.name), parent.texts, kinds),
-            tried=self._tried(parent.sha), iteration=it)
+            tried=self._tried(parent.sha), iteration=it, standing=self.standing(parent.sha))
 
     def _history(self, sha: str, base: str) -> tuple[Lesson, ...]:
         """The accepted changes on `sha`'s line since `base`, newest first."""

@@ -31,7 +31,7 @@ from ..store import ProposalRow, Store
 from ..task import Task
 from . import checks
 from .budget import Budget, Usage, budget_advice, evals_exhausted, stop_reason
-from .context import ContextBuilder, lesson_of
+from .context import ContextBuilder
 from .plans import MergePlanner, Plan, mutation_plan, plan_of
 
 
@@ -94,7 +94,7 @@ class Engine:
             proposals=store.proposals(run), merges=store.merges(run), merge_base=repo.merge_base,
             overlap=self._overlap) if merger is not None and config.merge else None
         self.contexts = ContextBuilder(task, run, repo, store, lessons, self.standings, self.label, parents,
-                                       config.tried_shown)
+                                       config.tried_shown, evaluator.cache_key)
         self.failing_streak = 0
         self.llm_error_streak = 0  # LLM calls that failed after all retries, in a row
         # Proposals in a row that cost nothing and found nothing (no-ops, duplicates): a proposer that has run out
@@ -492,7 +492,7 @@ class Engine:
                                   "`evolver show` of a failed one")
 
     def _lesson(self, p: ProposalRow, outcome: str, reason: str, delta: float | None) -> None:
-        self.lessons.append(lesson_of(p, self.task.name, outcome, reason, delta))
+        self.lessons.append(self.contexts.lesson(p, outcome, reason, delta))
 
 
 class EvaluatorFault(EvolverError):

@@ -45,6 +45,20 @@ class TriedAttempt:
     change: str
     reason: str  # worse, crashed, noop, patch_failed, ...
     detail: str = ""
+    results: tuple[tuple[str, float | None, float | None], ...] = ()  # (instance, parent score, child score)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a parent stands among the accepted candidates, on the validation split."""
+
+    score: float | None  # its mean validation score
+    rank: int  # 1 = the best
+    of: int  # accepted candidates
+    best_label: str
+    best_score: float | None
+    wins: tuple[str, ...] = ()  # instances where it is (tied) best
+    behind: tuple[tuple[str, float, float], ...] = ()  # (instance, its score, the best score), widest gap first
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,7 @@ class ProposalContext:
     iteration: int = 0
     base: ParentInfo | None = None  # merges: the merge base of the two parents
     moved: tuple[str, ...] = ()  # merges: validation instances where either parent differs from the base
+    standing: Standing | None = None  # the (first) parent's place among the accepted candidates
 
     @property
     def parent(self) -> ParentInfo:

@@ -272,10 +272,11 @@ class MergeProposer:
         changes = dict(tw.changes)
         contributions = list(tw.contributions)
         conflicts = tw.conflicts
-        resolution = "clean"
+        resolution, why = "clean", ""
         if conflicts:
             resolution = self.resolver.name
             resolved = self.resolver.resolve(tw.conflicted, ctx)
+            why = resolved.why
             contributions += [{"path": c.path, "from": "conflict", "conflict": c.index,
                                "resolution": resolved.how.get(c.index, "unresolved"), "why": resolved.why}
                               for c in conflicts]
@@ -285,6 +286,8 @@ class MergeProposer:
                                 merge=MergeRecord(len(conflicts), "failed", tuple(contributions)))
             changes.update(resolved.files)
         how = f"{len(conflicts)} conflict(s), resolution {resolution}" if conflicts else "clean"
+        if why:  # what the resolution did, for the lesson log and the next merge prompts
+            how += f" ({why})"
         record = MergeRecord(len(conflicts), resolution, tuple(contributions))
         for path, content in changes.items():
             # Two edits that each parse can still merge into a program that does not (or a resolution may).

@@ -10,6 +10,7 @@ refused when the run starts, with the file and the names it may use.
 from __future__ import annotations
 
 import ast
+import difflib
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +23,7 @@ from ..errors import UserInputError
 from ..evidence import render
 from ..lessons import Lesson
 from ..task import Task
-from .base import ParentInfo, ProposalContext, TriedAttempt
+from .base import ParentInfo, ProposalContext, Standing, TriedAttempt
 
 if TYPE_CHECKING:
     from .merge import FileMerge
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 FIELDS: Mapping[str, frozenset[str]] = {
     "mutation_system": frozenset(),
     "mutation_user": frozenset({"task_name", "objective", "background", "objectives", "editable", "files",
-                                "scores", "evidence", "lessons", "tried"}),
+                                "scores", "evidence", "lessons", "tried", "standing"}),
     "repair": frozenset({"errors"}),
     "merge_system": frozenset(),
     "merge_user": frozenset({"task_name", "objective", "background", "versions", "lessons", "files"}),
@@ -39,7 +40,7 @@ FIELDS: Mapping[str, frozenset[str]] = {
 }
 SUFFIX = ".md"
 WHOLE_FILE_CHARS = 12_000  # a mutable file up to this size goes into the prompt whole
-LESSONS_CHARS, LESSON_CHARS = 2500, 600
+LESSONS_CHARS, LESSON_CHARS = 4000, 900
 TRIED_CHARS = 300
 
 
@@ -97,13 +98,25 @@ def fence_untrusted(text: str, nonce: str) -> str:
            f"<<<END UNTRUSTED {nonce}>>>"
 
 
+def _scores(pairs: Sequence[tuple[str, float]], limit: int = 6) -> str:
+    shown = ", ".join(f"{i} {d:+.3g}" for i, d in pairs[:limit])
+    return shown + (f" (+{len(pairs) - limit} more)" if len(pairs) > limit else "")
+
+
 def lesson_line(lesson: Lesson) -> str:
-    delta = f" {lesson.delta:+.4g}" if lesson.delta is not None else ""
+    who = f"{lesson.candidate or 'no child'} from {lesson.parent_label}" if lesson.parent_label else ""
+    summed = f"{lesson.judged_on} sum " if lesson.judged_on else ""
+    delta = f", {summed}{lesson.delta:+.4g} vs its parent" if lesson.delta is not None else ""
     files = ", ".join(lesson.files) or "-"
-    text = f"[{lesson.outcome}: {lesson.reason}{delta}] ({files}) diagnosis: {lesson.diagnosis.strip()}"
+    text = f"[{who + ': ' if who else ''}{lesson.outcome}: {lesson.reason}{delta}] ({files}) diagnosis: " \
+           f"{lesson.diagnosis.strip()}"
     if lesson.change.strip():
         text += f" | change: {lesson.change.strip()}"
+    if lesson.deltas:
+        text += f" | per instance: {_scores(sorted(lesson.deltas.items(), key=lambda kv: kv[1]))}"
     line = "- " + " ".join(text.split())
+    if lesson.diff:
+        line += "\n  " + lesson.diff.replace("\n", "\n  ")
     return line if len(line) <= LESSON_CHARS else line[: LESSON_CHARS - 3] + "..."
 
 
@@ -121,8 +134,31 @@ def lessons_section(lessons: Sequence[Lesson], heading: str) -> str:
 def tried_section(tried: Sequence[TriedAttempt]) -> str:
     if not tried:
         return ""
-    lines = [f"- {t.reason}: {t.change or t.detail}".strip()[:TRIED_CHARS] for t in tried]
+    lines = []
+    for t in tried:
+        line = f"- {t.reason}: {' '.join((t.change or t.detail).split())}"[:TRIED_CHARS]
+        if t.results:
+            line += " (per instance, parent -> this: " + ", ".join(
+                f"{i} {_num(a)} -> {_num(b)}" for i, a, b in t.results[:6]) + ")"
+        lines.append(line)
     return "## Already tried from this exact program and rejected (do something else)\n" + "\n".join(lines)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def standing_section(st: Standing | None) -> str:
+    if st is None:
+        return ""
+    lines = [f"## Where this program stands\nValidation score {_num(st.score)}, rank {st.rank} of {st.of} accepted "
+             f"programs; the best so far is {st.best_label} with {_num(st.best_score)}."]
+    if st.wins:
+        lines.append(f"Best (or tied best) on: {', '.join(st.wins[:12])}" + (" ..." if len(st.wins) > 12 else ""))
+    if st.behind:
+        lines.append("Behind the best on: " + ", ".join(f"{i} ({_num(mine)} vs {_num(best)})"
+                                                        for i, mine, best in st.behind[:8]))
+    return "\n".join(lines)
 
 
 def relevant_source(path: str, text: str, names: Iterable[str]) -> str:
@@ -168,15 +204,30 @@ def mutation_prompt(prompts: Prompts, ctx: ProposalContext, nonce: str) -> str:
         editable=", ".join(sorted(ctx.parent_files)), files=files,
         scores=", ".join(f"{i}: {status} {score:.4g}" for i, status, score in ev.scores),
         evidence=fence_untrusted(render(ev), nonce),
-        lessons=lessons_section(ctx.lessons, "Lessons from earlier proposals (outcome, files, diagnosis, change)"),
-        tried=tried_section(ctx.tried))
+        lessons=lessons_section(ctx.lessons, "Lessons from earlier proposals (candidate, outcome, files, diagnosis, "
+                                             "change, what it did per instance)"),
+        tried=tried_section(ctx.tried), standing=standing_section(ctx.standing))
 
 
 def _fence(text: str) -> str:
     return "```\n" + (text if text.endswith("\n") or not text else text + "\n") + "```"
 
 
-def _version(name: str, parent: ParentInfo, other: ParentInfo) -> str:
+def change_since(base: ParentInfo | None, parent: ParentInfo, limit: int = 1500) -> str:
+    """A parent's change to the mutable files since the merge base, as a unified diff (clipped)."""
+    if base is None:
+        return ""
+    out: list[str] = []
+    for path in sorted(set(base.texts) | set(parent.texts)):
+        old, new = base.texts.get(path, ""), parent.texts.get(path, "")
+        if old != new:
+            out += difflib.unified_diff(old.splitlines(), new.splitlines(), f"a/{path}", f"b/{path}", n=1,
+                                        lineterm="")
+    text = "\n".join(out)
+    return text if len(text) <= limit else text[: limit - 20] + "\n[... diff cut ...]"
+
+
+def _version(name: str, parent: ParentInfo, other: ParentInfo, base: ParentInfo | None = None) -> str:
     objectives = parent.val.objectives if parent.val is not None else {}
     shown = ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} -" for k, v in objectives.items())
     lines = [f"## Version {name} ({parent.label})", f"Validation: {shown or '-'}.",
@@ -184,6 +235,9 @@ def _version(name: str, parent: ParentInfo, other: ParentInfo) -> str:
     if parent.history:
         lines.append("Its changes since the base (diagnosis | change):\n" + "\n".join(
             f"- {' '.join(f'{h.diagnosis} | {h.change}'.split())[:400]}" for h in parent.history))
+    diff = change_since(base, parent)
+    if diff:
+        lines.append(f"Its change to the files since the base:\n```diff\n{diff}\n```")
     return "\n".join(lines)
 
 
@@ -197,6 +251,6 @@ def merge_prompt(prompts: Prompts, merged: Mapping[str, FileMerge], ctx: Proposa
             files.append(f"### CONFLICT {c.index} in {path}\nbase ({base_label}):\n{_fence(c.base)}\n"
                          f"A ({a.label}):\n{_fence(c.a)}\nB ({b.label}):\n{_fence(c.b)}")
     return prompts.render("merge_user", **_task_fields(ctx.task),
-                          versions=_version("A", a, b) + "\n\n" + _version("B", b, a),
+                          versions=_version("A", a, b, ctx.base) + "\n\n" + _version("B", b, a, ctx.base),
                           lessons=lessons_section(ctx.lessons, "Lessons from earlier proposals"),
                           files="\n\n".join(files))
