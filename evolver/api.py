@@ -14,7 +14,7 @@ from .eval_report import EvalReport, evaluate
 from .registry import PROPOSERS
 from .repo import RunRepo
 from .store import Store
-from .task import Task, load_task
+from .task import Task, load_task, reject_links
 
 if TYPE_CHECKING:  # imported when called: `evolver status` must not pay for the engine and proposers
     from .engine.loop import Event
@@ -182,12 +182,14 @@ def _write_function_task(root: Path, seed: str | Path, examples: dict[str, Any],
     import tomllib
 
     seed_dir = root / "seed"
+    if isinstance(seed, Path):
+        if not seed.is_dir():
+            raise UserInputError(f"seed: expected a text or an existing folder, found {seed} missing")
+        reject_links(seed)  # copied, a link would become a copy of whatever it points at
     if seed_dir.exists():
         shutil.rmtree(seed_dir)
     single: str | None = None
     if isinstance(seed, Path):
-        if not seed.is_dir():
-            raise UserInputError(f"seed: expected a text or an existing folder, found {seed} missing")
         shutil.copytree(seed, seed_dir)
         mutable = ["**/*"]
     else:

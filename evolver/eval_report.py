@@ -17,7 +17,7 @@ from .errors import UserInputError
 from .evaluation import CandidateRef, Evaluator, InstanceResult, instances_for
 from .repo import RunRepo, seed_branch
 from .sandbox import task_sandbox
-from .store import Store
+from .store import Store, check_run_dir
 from .task import Task, load_task
 
 
@@ -103,8 +103,13 @@ def evaluate(
     run_path = Path(run_dir) if run_dir is not None else Path(Defaults.runs_dir) / task.name
     run = run_path.resolve().name
     notes: list[str] = []
+    check_run_dir(run_path)  # before the sandbox starts: a file there is bad input, nothing is written
     sandbox = task_sandbox(task, backend)
-    store = Store(run_path / "run.db")
+    try:
+        store = Store(run_path / "run.db")
+    except BaseException:
+        sandbox.close()
+        raise
     try:
         store.record_task(task.digest, task.name, str(task.root), {"objectives": task.objectives,
                                                                   "kind": task.kind})

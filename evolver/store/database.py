@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserInputError
 from .records import RunRecords
 from .rows import CandidateRow, EvaluationRow, columns, encode, from_row, select
 from .schema import migrate
@@ -41,9 +42,17 @@ def _set_wal(db: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
+def check_run_dir(folder: Path) -> None:
+    """A run directory must be a folder (or not exist yet): `--run` naming a file is bad input."""
+    if folder.exists() and not folder.is_dir():
+        raise UserInputError(f"{folder}: expected a run directory (a folder, or a path that does not exist yet), "
+                             "found a file")
+
+
 class Store(RunRecords):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        check_run_dir(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
