@@ -27,6 +27,10 @@ IDENTITY = {
     "GIT_COMMITTER_EMAIL": "evolver@localhost",
 }
 EXCLUDES = "__pycache__/\n*.py[cod]\n.pytest_cache/\n.DS_Store\n"
+# Candidates are kept byte for byte: no end-of-line conversion, filter or keyword expansion when the seed is
+# committed or a tree archived, whatever the seed's own .gitattributes or the user's git configuration say
+# (info/attributes overrides the tree's; `core.autocrlf=false` is passed to every git call as well).
+ATTRIBUTES = "* -text -eol -filter -ident -working-tree-encoding -export-ignore -export-subst\n"
 KINDS = ("seed", "mutation", "merge", "builtin", "manual")
 
 
@@ -68,7 +72,9 @@ class RunRepo:
             repo = git.Repo.init(p, bare=True, initial_branch="main")
         info = p / "info"
         info.mkdir(exist_ok=True)
-        (info / "exclude").write_text(EXCLUDES)
+        for name, text in (("exclude", EXCLUDES), ("attributes", ATTRIBUTES)):
+            if not (info / name).is_file() or (info / name).read_text() != text:
+                (info / name).write_text(text)
         return cls(p, repo)
 
     @classmethod
@@ -82,8 +88,8 @@ class RunRepo:
     # -- plumbing --------------------------------------------------------------------------------------
     def _git(self, *args: str, env: dict[str, str] | None = None, input_bytes: bytes | None = None) -> bytes:
         full_env = {**os.environ, **IDENTITY, **(env or {})}
-        proc = subprocess.run(["git", f"--git-dir={self.repo.git_dir}", *args], input=input_bytes,
-                              capture_output=True, env=full_env, check=False)
+        proc = subprocess.run(["git", "-c", "core.autocrlf=false", f"--git-dir={self.repo.git_dir}", *args],
+                              input=input_bytes, capture_output=True, env=full_env, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"git {' '.join(args[:2])} failed: {proc.stderr.decode(errors='replace')}")
         return proc.stdout

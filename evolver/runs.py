@@ -22,7 +22,7 @@ from .registry import PROPOSERS
 from .repo import RunRepo, seed_branch
 from .sandbox import task_sandbox
 from .store import Store
-from .task import Task, load_task
+from .task import Task, load_task, not_utf8, not_utf8_note
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,18 @@ def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | Non
     return engine, seed
 
 
+def _say_not_utf8(engine: Engine, seed: str, on_event: Callable[[Event], None] | None) -> None:
+    """Once at start: mutable files no proposer can edit, because they are not UTF-8 text."""
+    found = not_utf8(engine.task, engine.repo.read_files(seed))
+    if found and on_event is not None:
+        on_event(Event("warning", engine.usage.iterations, not_utf8_note(found), engine.usage))
+
+
 def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None, workers: int | None,
            make_evaluator: EvaluatorFactory | None = None) -> RunResult:
     name = run_dir.resolve().name
     engine, seed = _engine(run_dir, store, on_event, budget_override, workers, make_evaluator)
+    _say_not_utf8(engine, seed, on_event)
     store.update_run(name, state="running", stop_reason=None)
     try:
         engine.start(seed)

@@ -23,6 +23,7 @@ import os
 import re
 import tomllib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -47,7 +48,7 @@ from .registry import SANDBOXES, TASK_KINDS
 from .task_kinds import PYTHON, TaskKind
 
 __all__ = ["SPLITS", "TASK_FILE", "EvolveConfig", "Instances", "SandboxConfig", "Task", "digest_files",
-           "glob_match", "load_instances", "load_task", "reject_links"]
+           "glob_match", "load_instances", "load_task", "not_utf8", "not_utf8_note", "reject_links"]
 
 TASK_FILE = "task.toml"
 _IGNORED_PARTS = {"__pycache__", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
@@ -304,6 +305,25 @@ def _some(ids: list[str], shown: int = 5) -> str:
     """A few ids of a long list, and how many more there are."""
     more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
     return f"{ids[:shown]}{more}"
+
+
+def not_utf8(task: Task, files: Mapping[str, bytes]) -> list[str]:
+    """The files matching [task] mutable that do not decode as UTF-8. No proposer is shown them or edits them
+    (a text round trip would replace their bytes), so they stay in every candidate byte for byte."""
+    out = []
+    for path, data in sorted(files.items()):
+        if task.is_mutable(path):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                out.append(path)
+    return out
+
+
+def not_utf8_note(paths: list[str]) -> str:
+    """What a run and `evolver eval` say, once, about such files."""
+    return (f"{', '.join(paths)}: not UTF-8 text, so not mutable: no proposer is shown or edits it, and every "
+            "candidate keeps it byte for byte (save it as UTF-8 to let it evolve)")
 
 
 def digest_files(root: Path, files: list[Path], extra: str = "") -> str:
