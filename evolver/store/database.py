@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import UserInputError
 from .records import RunRecords
 from .rows import CandidateRow, EvaluationRow, columns, encode, from_row, select
-from .schema import migrate
+from .schema import migrate, transaction
 
 # The evaluation columns a row writes, after the key (task_digest, tree); created_at is the time of saving.
 _EVALUATION_COLUMNS = tuple(c for c in columns(EvaluationRow) if c != "created_at")
@@ -124,14 +124,8 @@ class Store(RunRecords):
         names = ("task_digest", "tree", *_EVALUATION_COLUMNS, "created_at")
         sql = (f"INSERT OR REPLACE INTO evaluations ({', '.join(names)}) "
                f"VALUES ({', '.join('?' for _ in names)})")
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(sql, values)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db):
+            self._db.executemany(sql, values)
 
     def keys_of(self, tree: str) -> list[str]:
         """The evaluator keys a tree has stored results under, the most results first (then the newest)."""
