@@ -309,7 +309,7 @@ def _optimize_result(result: Any, path: Path, single: str | None, mode: str) -> 
 
     files = None
     if best is not None:
-        repo = RunRepo.open_or_init(path / "repo")
+        repo = RunRepo.open_existing(path / "repo")
         files = {k: v.decode("utf-8", errors="replace") for k, v in repo.read_files(best).items()}
     shown: str | dict[str, str] | None = files.get(single) if single is not None and files is not None else files
     per_instance = {i: branch(c[0]) for i, c in state.standings.best_per_instance().items()} \

@@ -64,6 +64,7 @@ class RunRepo:
 
     @classmethod
     def open_or_init(cls, path: str | Path) -> RunRepo:
+        """The run's repository for writing candidates: created when missing."""
         p = Path(path)
         if (p / "HEAD").exists():
             repo = git.Repo(p)
@@ -79,6 +80,7 @@ class RunRepo:
 
     @classmethod
     def open_existing(cls, path: str | Path) -> RunRepo:
+        """An existing repository, opened without writing anything: for views, and for `--repo`."""
         try:
             repo = git.Repo(Path(path), search_parent_directories=False)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
