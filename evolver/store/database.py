@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -49,6 +50,16 @@ def check_run_dir(folder: Path) -> None:
                              "found a file")
 
 
+def _why_unwritable(folder: Path) -> None:
+    """SQLite says only "unable to open database file" where it cannot write: ask the OS why, and raise that
+    (an OSError naming the folder and its errno), if the folder is the reason."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None
+
+
 def _reader(path: Path) -> sqlite3.Connection:
     """A connection that cannot write: read-only, or immutable where SQLite cannot create its shared-memory file
     beside the database (a read-only folder or mount: a writer would have that file, so none is at work)."""
@@ -84,7 +95,11 @@ class Store(RunRecords):
             return
         check_run_dir(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        except sqlite3.OperationalError:
+            _why_unwritable(self.path.parent)
+            raise
         self._db.row_factory = sqlite3.Row  # every read goes by column name
         try:
             _set_wal(self._db)
@@ -92,8 +107,10 @@ class Store(RunRecords):
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._lock:
                 self.upgraded = migrate(self._db, self.path)
-        except BaseException:
+        except BaseException as exc:
             self._db.close()
+            if isinstance(exc, sqlite3.OperationalError):
+                _why_unwritable(self.path.parent)
             raise
 
     def _open_reader(self) -> bool:
