@@ -14,7 +14,7 @@ from .eval_report import EvalReport, evaluate
 from .registry import PROPOSERS
 from .repo import RunRepo
 from .store import Store
-from .task import Task, load_task
+from .task import Task, load_task, reject_links
 
 if TYPE_CHECKING:  # imported when called: `evolver status` must not pay for the engine and proposers
     from .engine.loop import Event
@@ -182,12 +182,14 @@ def _write_function_task(root: Path, seed: str | Path, examples: dict[str, Any],
     import tomllib
 
     seed_dir = root / "seed"
+    if isinstance(seed, Path):
+        if not seed.is_dir():
+            raise UserInputError(f"seed: expected a text or an existing folder, found {seed} missing")
+        reject_links(seed)  # copied, a link would become a copy of whatever it points at
     if seed_dir.exists():
         shutil.rmtree(seed_dir)
     single: str | None = None
     if isinstance(seed, Path):
-        if not seed.is_dir():
-            raise UserInputError(f"seed: expected a text or an existing folder, found {seed} missing")
         shutil.copytree(seed, seed_dir)
         mutable = ["**/*"]
     else:
@@ -307,7 +309,7 @@ def _optimize_result(result: Any, path: Path, single: str | None, mode: str) -> 
 
     files = None
     if best is not None:
-        repo = RunRepo.open_or_init(path / "repo")
+        repo = RunRepo.open_existing(path / "repo")
         files = {k: v.decode("utf-8", errors="replace") for k, v in repo.read_files(best).items()}
     shown: str | dict[str, str] | None = files.get(single) if single is not None and files is not None else files
     per_instance = {i: branch(c[0]) for i, c in state.standings.best_per_instance().items()} \

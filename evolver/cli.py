@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import sys
 from typing import Any
 
@@ -213,17 +214,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evolver: interrupted; results of finished steps are saved in the run's run.db{hint}",
               file=sys.stderr)
         return 130
+    except (OSError, sqlite3.DatabaseError) as exc:
+        # What the user's machine refused (a read-only or full disk, permissions, a file that is no database):
+        # one line with the path and the OS's (or SQLite's) words. A bug's error (IntegrityError, ...) is
+        # not one of these and keeps its traceback.
+        if isinstance(exc, sqlite3.DatabaseError) and type(exc) not in (sqlite3.DatabaseError,
+                                                                        sqlite3.OperationalError):
+            raise
+        print(f"evolver: {_os_error_line(exc, args)}", file=sys.stderr)
+        return 1
+
+
+def _os_error_line(exc: OSError | sqlite3.DatabaseError, args: argparse.Namespace) -> str:
+    run_dir = _run_dir(args) if args.command in ("eval", "run", "resume", "status", "show", "export") else None
+    if isinstance(exc, sqlite3.DatabaseError):
+        line = f"{os.path.join(run_dir or '', 'run.db')}: {exc}"  # SQLite's errors name no file
+    else:
+        where = exc.filename if exc.filename is not None else run_dir
+        words = f"[Errno {exc.errno}] {exc.strerror}" if exc.errno is not None else str(exc)
+        line = f"{where}: {words}" if where is not None else words
+    if args.command in ("run", "resume") and run_dir is not None and os.path.exists(os.path.join(run_dir, "run.db")):
+        line += f"; what finished is saved: once fixed, continue with `evolver resume {run_dir}`"
+    return line
 
 
 def _run_dir(args: argparse.Namespace) -> str:
-    """The run directory of an interrupted run or resume, for the hint to continue it."""
-    if args.run_dir is not None:
+    """The run directory of the command (for the hint to continue a run, and to name its run.db)."""
+    if getattr(args, "run_dir", None) is not None:
         return args.run_dir
     from . import api
 
     try:
         return str(api.default_run_dir(args.task))
-    except EvolverError:
+    except (EvolverError, OSError):
         return "RUN_DIR"
 
 

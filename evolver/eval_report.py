@@ -17,8 +17,8 @@ from .errors import UserInputError
 from .evaluation import CandidateRef, Evaluator, InstanceResult, instances_for
 from .repo import RunRepo, seed_branch
 from .sandbox import task_sandbox
-from .store import Store
-from .task import Task, load_task
+from .store import Store, check_run_dir
+from .task import Task, load_task, not_utf8, not_utf8_note
 
 
 @dataclass(frozen=True)
@@ -103,13 +103,20 @@ def evaluate(
     run_path = Path(run_dir) if run_dir is not None else Path(Defaults.runs_dir) / task.name
     run = run_path.resolve().name
     notes: list[str] = []
+    check_run_dir(run_path)  # before the sandbox starts: a file there is bad input, nothing is written
     sandbox = task_sandbox(task, backend)
-    store = Store(run_path / "run.db")
+    try:
+        store = Store(run_path / "run.db")
+    except BaseException:
+        sandbox.close()
+        raise
     try:
         store.record_task(task.digest, task.name, str(task.root), {"objectives": task.objectives,
                                                                   "kind": task.kind})
-        ref_name, candidate = _candidate(task, RunRepo.open_or_init(run_path / "repo"), store, run, ref,
-                                         repo_path, notes)
+        ref_name, candidate, holder = _candidate(task, RunRepo.open_or_init(run_path / "repo"), store, run, ref,
+                                                 repo_path, notes)
+        if found := not_utf8(task, holder.read_files(candidate.sha)):
+            notes.append(not_utf8_note(found))
         evaluator = Evaluator(task, sandbox, store, workers=workers)
         collected = evaluator.collect_tests(candidate) if task.instances is None else None
         pairs = instances_for(task, split, collected)
@@ -135,19 +142,20 @@ def evaluate(
 
 
 def _candidate(task: Task, repo: RunRepo, store: Store, run: str, ref: str | None, repo_path: str | Path | None,
-               notes: list[str]) -> tuple[str, CandidateRef]:
-    """(the name it was asked by, the candidate): `ref` of `repo_path`, `ref` of the run repository, or the seed."""
+               notes: list[str]) -> tuple[str, CandidateRef, RunRepo]:
+    """(the name it was asked by, the candidate, the repository holding it): `ref` of `repo_path`, `ref` of the
+    run repository, or the seed."""
     if repo_path is not None:
         source = RunRepo.open_existing(repo_path)
         ref_name = ref or "HEAD"
         sha = source.resolve(ref_name)
-        return ref_name, CandidateRef(sha=sha, tree=source.tree_sha(sha), archive=lambda: source.archive(sha))
+        return ref_name, CandidateRef(sha=sha, tree=source.tree_sha(sha), archive=lambda: source.archive(sha)), source
     if ref is not None:
         sha = repo.resolve(ref)
-        return ref, CandidateRef(sha=sha, tree=repo.tree_sha(sha), archive=lambda: repo.archive(sha))
+        return ref, CandidateRef(sha=sha, tree=repo.tree_sha(sha), archive=lambda: repo.archive(sha)), repo
     ref_name, sha = _candidate_from_seed(task, repo, run, notes)
     tree = repo.tree_sha(sha)
     store.record_candidate(run, sha, tree, ref_name, (), SEED_KIND)
-    return ref_name, CandidateRef(sha=sha, tree=tree, archive=lambda: repo.archive(sha))
+    return ref_name, CandidateRef(sha=sha, tree=tree, archive=lambda: repo.archive(sha)), repo
 
 

@@ -4,10 +4,11 @@ The task folder it writes (default `runs/<name>-task`) holds copies, so that evo
 repository: `seed/` (the repository's files without its tests; the target is the one mutable file), `tests/`
 (the repository's tests, part of the task so candidates cannot edit them, with the repository's root
 conftest.py and pytest settings file, which pytest would not find outside the repository), `instances.toml`
-(every test that passes on the seed, as train and as val) and `task.toml` (`kind = "pytest"`). Init runs the
-suite once on the seed and refuses a task whose seed fails tests, unless asked to leave those out. Each test
-is an instance: passing is the score; the duration of the benchmark-style tests (names containing `--bench`,
-default "bench") is the objective that makes a faster candidate better, kept by the task's objective frontier.
+(every test that passes on the seed, as train; with no val split, candidates are validated on those same tests)
+and `task.toml` (`kind = "pytest"`). Init runs the suite once on the seed and refuses a task whose seed fails
+tests, unless asked to leave those out. Each test is an instance: passing is the score; the duration of the
+benchmark-style tests (names containing `--bench`, default "bench") is the objective that makes a faster
+candidate better, kept by the task's objective frontier.
 """
 
 from __future__ import annotations
@@ -385,5 +386,6 @@ def init_pytest_task(repo: str | Path, target: str, *, out: str | Path | None = 
 
 def _write_instances(task_dir: Path, ids: list[str], what: str) -> None:
     (task_dir / "instances.toml").write_text(
-        f"# {what}, in both splits: a repository's own suite is what the code must pass.\n"
-        f"train = {_toml_list(ids)}\nval = {_toml_list(ids)}\n", encoding="utf-8")
+        f"# {what}, as train only: a repository's own suite is what the code must pass, so candidates are\n"
+        f"# validated on these same tests (an id may not be in two splits).\n"
+        f"train = {_toml_list(ids)}\n", encoding="utf-8")

@@ -8,6 +8,7 @@ their evaluations. Sandboxes get a tree as a tar archive, never a shared checkou
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import tempfile
@@ -27,6 +28,12 @@ IDENTITY = {
     "GIT_COMMITTER_EMAIL": "evolver@localhost",
 }
 EXCLUDES = "__pycache__/\n*.py[cod]\n.pytest_cache/\n.DS_Store\n"
+# Candidates are kept byte for byte: no end-of-line conversion, filter or keyword expansion when the seed is
+# committed or a tree archived, whatever the seed's own .gitattributes or the user's git configuration say
+# (info/attributes overrides the tree's; `core.autocrlf=false` is passed to every git call as well).
+ATTRIBUTES = "* -text -eol -filter -ident -working-tree-encoding -export-ignore -export-subst\n"
+# OS errors git reports by their text when it cannot write (it prints strerror): which one, to say so.
+_WRITE_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO)
 KINDS = ("seed", "mutation", "merge", "builtin", "manual")
 
 
@@ -60,6 +67,7 @@ class RunRepo:
 
     @classmethod
     def open_or_init(cls, path: str | Path) -> RunRepo:
+        """The run's repository for writing candidates: created when missing."""
         p = Path(path)
         if (p / "HEAD").exists():
             repo = git.Repo(p)
@@ -68,11 +76,14 @@ class RunRepo:
             repo = git.Repo.init(p, bare=True, initial_branch="main")
         info = p / "info"
         info.mkdir(exist_ok=True)
-        (info / "exclude").write_text(EXCLUDES)
+        for name, text in (("exclude", EXCLUDES), ("attributes", ATTRIBUTES)):
+            if not (info / name).is_file() or (info / name).read_text() != text:
+                (info / name).write_text(text)
         return cls(p, repo)
 
     @classmethod
     def open_existing(cls, path: str | Path) -> RunRepo:
+        """An existing repository, opened without writing anything: for views, and for `--repo`."""
         try:
             repo = git.Repo(Path(path), search_parent_directories=False)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
@@ -80,19 +91,41 @@ class RunRepo:
         return cls(Path(path), repo)
 
     # -- plumbing --------------------------------------------------------------------------------------
-    def _git(self, *args: str, env: dict[str, str] | None = None, input_bytes: bytes | None = None) -> bytes:
-        full_env = {**os.environ, **IDENTITY, **(env or {})}
-        proc = subprocess.run(["git", f"--git-dir={self.repo.git_dir}", *args], input=input_bytes,
-                              capture_output=True, env=full_env, check=False)
+    def _git(self, *args: str, env: dict[str, str] | None = None, input_bytes: bytes | None = None,
+             writes: str | None = None) -> bytes:
+        """Run git on this repository. `writes`: the folder of the repository the command writes (objects,
+        refs); its failure for an OS reason (read-only, disk full) is raised as that OSError."""
+        # LC_ALL=C: git's messages, and the OS error texts in them, in the words os.strerror uses.
+        full_env = {**os.environ, **IDENTITY, "LC_ALL": "C", **(env or {})}
+        proc = subprocess.run(["git", "-c", "core.autocrlf=false", f"--git-dir={self.repo.git_dir}", *args],
+                              input=input_bytes, capture_output=True, env=full_env, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"git {' '.join(args[:2])} failed: {proc.stderr.decode(errors='replace')}")
+            stderr = proc.stderr.decode(errors="replace")
+            if writes is not None:
+                self._raise_os_error(self.path / writes, stderr)
+            raise RuntimeError(f"git {' '.join(args[:2])} failed: {stderr}")
         return proc.stdout
+
+    @staticmethod
+    def _raise_os_error(folder: Path, stderr: str) -> None:
+        """Raise the OS error behind a failed git write, as an OSError naming the folder: the one creating a
+        file there gives (read-only, permissions), else the one git names (a full disk still lets an empty
+        file be created). Returns when there is none: then git failed for a reason of its own."""
+        try:
+            with tempfile.TemporaryFile(dir=folder) as probe:
+                probe.write(b"\0" * 4096)
+                probe.flush()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(folder)) from None
+        for code in _WRITE_ERRNOS:
+            if os.strerror(code) in stderr:
+                raise OSError(code, os.strerror(code), str(folder))
 
     def _commit_tree(self, tree: str, parents: tuple[str, ...], message: str) -> str:
         args = ["commit-tree", tree]
         for p in parents:
             args += ["-p", p]
-        return self._git(*args, input_bytes=message.encode()).decode().strip()
+        return self._git(*args, input_bytes=message.encode(), writes="objects").decode().strip()
 
     @staticmethod
     def message(subject: str, kind: str, parents: tuple[str, ...], body: str = "", run: str | None = None) -> str:
@@ -110,8 +143,8 @@ class RunRepo:
         """Commit the files of `folder` (git's excludes apply) as one commit; returns its sha."""
         with tempfile.TemporaryDirectory() as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), "GIT_WORK_TREE": str(folder.resolve())}
-            self._git("add", "-A", "--", ".", env=env)
-            tree = self._git("write-tree", env=env).decode().strip()
+            self._git("add", "-A", "--", ".", env=env, writes="objects")
+            tree = self._git("write-tree", env=env, writes="objects").decode().strip()
         return self._commit_tree(tree, parents, self.message(subject, kind, parents, run=run))
 
     def tree_of_changes(self, parent: str, changes: Mapping[str, bytes | str | None]) -> str:
@@ -140,18 +173,18 @@ class RunRepo:
                 lines.append(f"0 {'0' * 40}\t{path}")
             else:
                 data = content.encode("utf-8") if isinstance(content, str) else content
-                blob = self._git("hash-object", "-w", "--stdin", input_bytes=data).decode().strip()
+                blob = self._git("hash-object", "-w", "--stdin", input_bytes=data, writes="objects").decode().strip()
                 lines.append(f"100644 {blob}\t{path}")
         if lines:
             self._git("update-index", "--index-info", env=env, input_bytes=("\n".join(lines) + "\n").encode())
-        return self._git("write-tree", env=env).decode().strip()
+        return self._git("write-tree", env=env, writes="objects").decode().strip()
 
     def set_branch(self, name: str, sha: str) -> None:
-        self._git("update-ref", f"refs/heads/{name}", sha)
+        self._git("update-ref", f"refs/heads/{name}", sha, writes="refs")
 
     def keep_ref(self, name: str, sha: str) -> None:
         """Keep a commit reachable without a branch (e.g. a replaced seed)."""
-        self._git("update-ref", f"refs/evolver/{name}", sha)
+        self._git("update-ref", f"refs/evolver/{name}", sha, writes="refs")
 
     # -- reading ---------------------------------------------------------------------------------------
     def resolve(self, ref: str) -> str:

@@ -28,7 +28,11 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock or fail with exit 2 naming the holder; nothing else is written before this."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise UserInputError(f"{folder}: expected a run directory (a folder, or a path that does not exist "
+                                 "yet), found a file")
+        folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if not _lock(fd):
             holder = _describe(_read(fd))

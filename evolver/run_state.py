@@ -164,15 +164,20 @@ def load_standings(store: Store, repo: RunRepo, key: str, task: Task, shas: Sequ
 
 
 def open_run(run_dir: str | Path) -> tuple[Store, RunRepo, RunRow]:
+    """The run's store and repository, opened for reading only: a reader never writes (and so works on a
+    read-only run directory)."""
     path = Path(run_dir)
     if not (path / "run.db").exists():
         raise UserInputError(f"{path}: expected a run directory (with run.db), found none")
-    store = Store(path / "run.db")
-    row = store.run(path.resolve().name)
-    if row is None:
+    store = Store(path / "run.db", readonly=True)
+    try:
+        row = store.run(path.resolve().name)
+        if row is None:
+            raise UserInputError(f"{path}: expected an evolution run, found only evaluations (evolver eval)")
+        return store, RunRepo.open_existing(path / "repo"), row
+    except BaseException:
         store.close()
-        raise UserInputError(f"{path}: expected an evolution run, found only evaluations (evolver eval)")
-    return store, RunRepo.open_or_init(path / "repo"), row
+        raise
 
 
 def read_state(run_dir: str | Path) -> RunState:

@@ -6,7 +6,9 @@ needs nothing but the run directory; flags given to `resume` override the stored
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from .repo import RunRepo, seed_branch
 from .run_lock import RunLock
 from .sandbox import task_sandbox
 from .store import Store
-from .task import Task, load_task
+from .task import Task, load_task, not_utf8, not_utf8_note
 
 
 @dataclass(frozen=True)
@@ -147,10 +149,33 @@ def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | Non
     return engine, seed
 
 
+def _refused(store: Store, name: str, engine: Engine | None, exc: BaseException) -> None:
+    """The machine refused a write (a read-only or full disk, permissions): what is stored stays, and the run is
+    marked interrupted with the reason, when the store can still be written (else it stays `running`, as after
+    a kill). `evolver resume` continues once the user has fixed it; the caller re-raises the error."""
+    if engine is not None:
+        with suppress(OSError, sqlite3.DatabaseError):
+            engine.save_progress()
+    with suppress(OSError, sqlite3.DatabaseError):
+        store.update_run(name, state="interrupted", stop_reason=str(exc))
+
+
+def _say_not_utf8(engine: Engine, seed: str, on_event: Callable[[Event], None] | None) -> None:
+    """Once at start: mutable files no proposer can edit, because they are not UTF-8 text."""
+    found = not_utf8(engine.task, engine.repo.read_files(seed))
+    if found and on_event is not None:
+        on_event(Event("warning", engine.usage.iterations, not_utf8_note(found), engine.usage))
+
+
 def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None, workers: int | None,
            make_evaluator: EvaluatorFactory | None = None) -> RunResult:
     name = run_dir.resolve().name
-    engine, seed = _engine(run_dir, store, on_event, budget_override, workers, make_evaluator)
+    try:
+        engine, seed = _engine(run_dir, store, on_event, budget_override, workers, make_evaluator)
+    except (OSError, sqlite3.DatabaseError) as exc:
+        _refused(store, name, None, exc)
+        raise
+    _say_not_utf8(engine, seed, on_event)
     store.update_run(name, state="running", stop_reason=None)
     try:
         engine.start(seed)
@@ -162,6 +187,9 @@ def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None
     except EvolverError as exc:  # e.g. the task's evaluator failed: the run stops, saying why
         engine.save_progress()
         store.update_run(name, state="stopped", stop_reason=f"error: {str(exc).splitlines()[0][:300]}")
+        raise
+    except (OSError, sqlite3.DatabaseError) as exc:
+        _refused(store, name, engine, exc)
         raise
     finally:
         engine.evaluator.close()

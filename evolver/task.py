@@ -19,8 +19,11 @@ themselves live in evolver.config, task kinds and sandbox backends in the regist
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tomllib
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -45,7 +48,7 @@ from .registry import SANDBOXES, TASK_KINDS
 from .task_kinds import PYTHON, TaskKind
 
 __all__ = ["SPLITS", "TASK_FILE", "EvolveConfig", "Instances", "SandboxConfig", "Task", "digest_files",
-           "glob_match", "load_instances", "load_task"]
+           "glob_match", "load_instances", "load_task", "not_utf8", "not_utf8_note", "reject_links"]
 
 TASK_FILE = "task.toml"
 _IGNORED_PARTS = {"__pycache__", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
@@ -190,6 +193,21 @@ def _task_files(root: Path, seed_dir: Path) -> list[Path]:
     return files
 
 
+def reject_links(root: Path) -> None:
+    """Refuse a symbolic link anywhere in a task folder (the seed included), before anything is written.
+
+    A link can point anywhere: committed into a candidate or shipped with the task's files, a link to
+    /etc/passwd or to the user's keys would let a candidate or the task reach outside its folder."""
+    for folder, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = Path(folder, name)
+            if path.is_symlink():
+                raise TaskError(str(path), "(symbolic link)", "regular files and folders only (a link could let a "
+                                "candidate or the task reach outside its folder; put a copy of the file there)",
+                                f"a link to {os.readlink(path)!r}")
+        dirs[:] = [d for d in dirs if d not in _IGNORED_PARTS]
+
+
 def _found(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)
@@ -261,17 +279,51 @@ def load_instances(path: Path) -> Instances:
         if key not in SPLITS:
             raise TaskError(file, key, f"only the keys {', '.join(SPLITS)}", f"unknown key {key!r}")
     splits: dict[str, tuple[str, ...]] = {}
+    first_split: dict[str, str] = {}  # id -> the split that lists it first: every check is one pass over the ids
     for s in SPLITS:
         ids = data.get(s, [])
         if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
             raise TaskError(file, s, "a list of non-empty instance id strings", _found(ids))
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
         if dupes:
-            raise TaskError(file, s, "each instance id once", f"duplicates {dupes[:5]}")
+            raise TaskError(file, s, "each instance id once", f"duplicates {_some(dupes)}")
+        # An id in two splits would be learned from and then judged on: the validation score would not
+        # measure generalisation, and a test score would not be held out.
+        shared = [i for i in ids if i in first_split]
+        if shared:
+            other = first_split[shared[0]]
+            raise TaskError(file, f"{other}/{s}", f"ids of {s} that are not in {other}",
+                            f"{_some(sorted(i for i in shared if first_split[i] == other))} in both")
+        first_split.update(dict.fromkeys(ids, s))
         splits[s] = tuple(ids)
     if not any(splits.values()):
         raise TaskError(file, "/".join(SPLITS), "at least one instance id", "no instances")
     return Instances(**splits)
+
+
+def _some(ids: list[str], shown: int = 5) -> str:
+    """A few ids of a long list, and how many more there are."""
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return f"{ids[:shown]}{more}"
+
+
+def not_utf8(task: Task, files: Mapping[str, bytes]) -> list[str]:
+    """The files matching [task] mutable that do not decode as UTF-8. No proposer is shown them or edits them
+    (a text round trip would replace their bytes), so they stay in every candidate byte for byte."""
+    out = []
+    for path, data in sorted(files.items()):
+        if task.is_mutable(path):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                out.append(path)
+    return out
+
+
+def not_utf8_note(paths: list[str]) -> str:
+    """What a run and `evolver eval` say, once, about such files."""
+    return (f"{', '.join(paths)}: not UTF-8 text, so not mutable: no proposer is shown or edits it, and every "
+            "candidate keeps it byte for byte (save it as UTF-8 to let it evolve)")
 
 
 def digest_files(root: Path, files: list[Path], extra: str = "") -> str:
@@ -291,6 +343,7 @@ def load_task(path: str | Path) -> Task:
     if not root.is_dir():
         raise TaskError(str(given), "(task folder)", "a task folder containing task.toml",
                         "no such folder" if not root.exists() else "not a folder")
+    reject_links(root)
     if not toml_path.is_file():
         raise TaskError(file, "(file)", "a task.toml in the task folder", "no task.toml")
     try:

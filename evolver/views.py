@@ -69,7 +69,7 @@ def resolve_candidate(state: RunState, repo: RunRepo, ident: str) -> tuple[str, 
 
 def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
     state = read_state(run_dir)
-    repo = RunRepo.open_or_init(state.path / "repo")
+    repo = RunRepo.open_existing(state.path / "repo")
     sha, p = resolve_candidate(state, repo, ident)
     info = repo.info(sha)
     parent = info.parents[0] if info.parents else None
@@ -78,7 +78,7 @@ def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
            for r in (state.standings.results(sha) if sha in state.standings else ())}
     mini: dict[str, float] = {}
     if p is not None:
-        store = Store(state.path / "run.db")
+        store = Store(state.path / "run.db", readonly=True)
         try:
             key = eval_key(state.run, state.task, store, repo.tree_sha(state.seed))
             rows = store.cached(key, repo.tree_sha(sha), p.minibatch)
@@ -101,7 +101,7 @@ def export(run_dir: str | Path, ident: str = "best", *, branch: str | None = Non
     if (branch is None) == (patch is None):
         raise UserInputError("export: expected exactly one of --branch NAME or --patch FILE")
     state = read_state(run_dir)
-    repo = RunRepo.open_or_init(state.path / "repo")
+    repo = RunRepo.open_existing(state.path / "repo")
     sha, _ = resolve_candidate(state, repo, ident)
     if branch is not None:
         repo.set_branch(branch, sha)

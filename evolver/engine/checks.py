@@ -27,7 +27,9 @@ def problem(task: Task, changes: Mapping[str, str | bytes | None]) -> tuple[str,
         if content is None or not path.endswith(".py"):
             continue
         try:
-            ast.parse(content if isinstance(content, str) else content.decode("utf-8"), filename=path)
+            # The bytes the child will hold, parsed as Python reads a file: a UTF-8 byte-order mark is allowed
+            # there (parsed as text it is "invalid non-printable character U+FEFF").
+            ast.parse(content.encode("utf-8") if isinstance(content, str) else content, filename=path)
         except (SyntaxError, ValueError, UnicodeDecodeError) as exc:
             return "syntax", f"{path}: {type(exc).__name__}: {exc}"
     return None

@@ -22,6 +22,7 @@ from libcst.metadata import ExpressionContext, ExpressionContextProvider, Metada
 from .value_kinds import MODULE, non_numeric_names, non_numeric_node
 
 KINDS = ("perturb", "swap_op", "replace", "combine", "branch", "statement")
+BOM = "\ufeff"  # a UTF-8 byte-order mark, as text
 FOCUS_P = 0.85  # probability of mutating a function the evidence names, when there is one
 LINE_P = 0.5  # probability of mutating a named line of that function, when it has a site there
 ARITH = {cst.Add: "+", cst.Subtract: "-", cst.Multiply: "*", cst.Divide: "/"}
@@ -419,7 +420,11 @@ def mutate(source: str, rng: random.Random, focus_functions: set[str] | None = N
            prefs: Preferences = NO_PREFERENCES) -> MutantSource | None:
     """One mutant of `source` that parses and differs from it, with a one-line description; None if none.
 
-    `avoid`: descriptions not to produce again (mutations already tried and rejected)."""
+    `avoid`: descriptions not to produce again (mutations already tried and rejected). Everything but the
+    mutated node is kept as it was: line endings, a missing final newline, and a byte-order mark (which libcst
+    drops, so it is set aside here and put back)."""
+    bom = BOM if source.startswith(BOM) else ""
+    source = source[len(bom):]
     found = collect_sites(source)
     if found is None or not found[1]:
         return None
@@ -438,7 +443,7 @@ def mutate(source: str, rng: random.Random, focus_functions: set[str] | None = N
             ast.parse(new)
         except (cst.ParserSyntaxError, SyntaxError, ValueError):
             continue
-        return MutantSource(new, desc, site.kind)
+        return MutantSource(bom + new, desc, site.kind)
     return None
 
 

@@ -6,7 +6,7 @@ schema.py the schema's versions and the migrations between them.
 
 from __future__ import annotations
 
-from .database import Store
+from .database import Store, check_run_dir
 from .rows import (
     MERGE_UPDATABLE,
     PROPOSAL_UPDATABLE,
@@ -24,6 +24,6 @@ PROPOSAL_COLUMNS = columns(ProposalRow)  # the proposals columns a ProposalRow i
 
 __all__ = [
     "MERGE_UPDATABLE", "MIGRATIONS", "PROPOSAL_COLUMNS", "PROPOSAL_UPDATABLE", "RUN_UPDATABLE", "SCHEMA_VERSION",
-    "CandidateRow", "EvaluationRow", "MergeRow", "ProposalRow", "RunRow", "SchemaError", "Store", "migrate",
-    "schema_version",
+    "CandidateRow", "EvaluationRow", "MergeRow", "ProposalRow", "RunRow", "SchemaError", "Store", "check_run_dir",
+    "migrate", "schema_version",
 ]

@@ -24,6 +24,7 @@ from .rows import (
     from_row,
     select,
 )
+from .schema import transaction
 
 
 class RunRecords:
@@ -131,18 +132,12 @@ class RunRecords:
                   parent_a_score: float | None, parent_b_score: float | None) -> None:
         """The merge's row; its proposal's parents become the pair, whatever the proposal was given."""
         pair = encode("proposals", {"parents": (parent_a, parent_b)})["parents"]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT INTO merges (proposal_id, run, parent_a, parent_b, base, parent_a_score, "
-                    "parent_b_score, created_at) VALUES (?,?,?,?,?,?,?,?)",
-                    (proposal_id, run, parent_a, parent_b, base, parent_a_score, parent_b_score, time.time()))
-                self._db.execute("UPDATE proposals SET parents=? WHERE id=?", (pair, proposal_id))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._db):
+            self._db.execute(
+                "INSERT INTO merges (proposal_id, run, parent_a, parent_b, base, parent_a_score, "
+                "parent_b_score, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                (proposal_id, run, parent_a, parent_b, base, parent_a_score, parent_b_score, time.time()))
+            self._db.execute("UPDATE proposals SET parents=? WHERE id=?", (pair, proposal_id))
 
     def update_merge(self, proposal_id: int, *, conflicts: int, resolution: str,
                      contributions: list[dict[str, Any]]) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,22 @@ _V4_COLUMNS = (
     ("proposals", "operator", "TEXT NOT NULL DEFAULT ''"),
     ("evaluations", "frames", "TEXT NOT NULL DEFAULT '[]'"),
 )
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error. When the disk is full (or on an I/O error) SQLite
+    may already have rolled the whole transaction back itself: a ROLLBACK then fails with "no transaction is
+    active", and raising that would hide the error the user can act on ("database or disk is full")."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with suppress(sqlite3.Error):  # the error being raised is the one to report
+                db.execute("ROLLBACK")
+        raise
 
 
 def _statements(statements: tuple[str, ...]) -> Callable[[sqlite3.Connection], None]:
@@ -153,8 +170,7 @@ def migrate(db: sqlite3.Connection, path: Path | str = "run.db") -> tuple[int, .
     _refuse_newer(found, path)
     applied: list[int] = []
     while found < SCHEMA_VERSION:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             found = schema_version(db, path)  # under the write lock: another process may have migrated it
             _refuse_newer(found, path)
             if found < SCHEMA_VERSION:
@@ -163,8 +179,4 @@ def migrate(db: sqlite3.Connection, path: Path | str = "run.db") -> tuple[int, .
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)", (str(step.version),))
                 applied.append(step.version)
                 found = step.version
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
     return tuple(applied)
