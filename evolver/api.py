@@ -174,8 +174,27 @@ def search_mode(trainset: Sequence[Any], valset: Sequence[Any]) -> str:
     return "generalization" if valset else "multi-task" if trainset else "single-task"
 
 
+def _place_function_task(run_dir: Path, seed: str | Path, examples: dict[str, Any], objective: str,
+                         background: str, file_name: str) -> str | None:
+    """The task folder of a function-evaluated run: written for a new run; for an existing one, built aside and
+    compared, never rewritten (another process may be running it, and a run's task must not change)."""
+    import tempfile
+
+    target = run_dir / "task"
+    if not (run_dir / "run.db").exists() or not (target / "task.toml").exists():
+        return _write_function_task(target, seed, examples, objective, background, file_name, run_dir.resolve().name)
+    with tempfile.TemporaryDirectory(prefix="evolver-task-") as tmp:
+        single = _write_function_task(Path(tmp) / "task", seed, examples, objective, background, file_name,
+                                      run_dir.resolve().name)
+        same = load_task(Path(tmp) / "task").digest == load_task(target).digest
+    if not same:
+        raise UserInputError(f"{run_dir}: expected the seed, examples and objective of the run in this directory, "
+                             "found others; pick another run_dir= for a new run (nothing was changed)")
+    return single
+
+
 def _write_function_task(root: Path, seed: str | Path, examples: dict[str, Any], objective: str, background: str,
-                         file_name: str) -> str | None:
+                         file_name: str, name: str) -> str | None:
     """A task folder for a seed text or folder evaluated by a Python function; returns the single file's name."""
     import json
     import shutil
@@ -206,7 +225,7 @@ def _write_function_task(root: Path, seed: str | Path, examples: dict[str, Any],
         '"""Evaluated by the Python function given to evolver.optimize(); nothing runs from this file."""\n\n'
         "def produce(inputs):\n    raise RuntimeError('evaluated by a Python function')\n\n\n"
         "def judge(instance, inputs, output, usage):\n    raise RuntimeError('evaluated by a Python function')\n")
-    toml = (f'[task]\nname = {json.dumps(root.resolve().parent.name)}\nmutable = {json.dumps(mutable)}\n'
+    toml = (f'[task]\nname = {json.dumps(name)}\nmutable = {json.dumps(mutable)}\n'
             f"objective = {json.dumps(objective)}\nbackground = {json.dumps(background)}\n")
     tomllib.loads(toml)  # what we write must be what we read
     (root / "task.toml").write_text(toml)
@@ -269,8 +288,8 @@ def optimize(
         examples: dict[str, Any] = ({SINGLE_TASK_ID: None} if mode == "single-task" else
                                     {f"train-{i}": x for i, x in enumerate(trainset)}
                                     | {f"val-{i}": x for i, x in enumerate(valset)})
-        single = _write_function_task(path / "task", Path(seed) if isinstance(seed, Path) else seed, examples,
-                                      objective, background, file_name)
+        single = _place_function_task(path, Path(seed) if isinstance(seed, Path) else seed, examples, objective,
+                                      background, file_name)
         task = path / "task"
         assert evaluator is not None
         with_example = mode != "single-task"

@@ -42,6 +42,7 @@ class InstanceResult:
     repeats: int = 1
     # Where the failure was raised: candidate-file frames {"file", "line", "function"}, innermost last.
     frames: tuple[dict[str, Any], ...] = ()
+    ran: int = 0  # repeats this evaluation ran (the others came from the store): the evaluator calls it made
 
     @property
     def ok(self) -> bool:
@@ -113,7 +114,7 @@ def _sandbox_failure_rows(run: SandboxRun, batch: Sequence[tuple[str, str | None
             for i, s, r in batch]
 
 
-def aggregate(rows: Sequence[EvaluationRow], cached: bool) -> InstanceResult:
+def aggregate(rows: Sequence[EvaluationRow], cached: bool, ran: int = 0) -> InstanceResult:
     """Fold the repeats of one instance: median score and objectives; the first failure wins the status."""
     first = rows[0]
     failing = next((r for r in rows if r.status != "ok"), None)
@@ -128,7 +129,7 @@ def aggregate(rows: Sequence[EvaluationRow], cached: bool) -> InstanceResult:
         score=statistics.median(r.score for r in rows), objectives=objectives, feedback=shown.feedback,
         profile=tuple(shown.profile), usage=shown.usage, stdout=shown.stdout, stderr=shown.stderr,
         cached=cached, trusted=all(r.trusted for r in rows), backend=shown.backend, repeats=len(rows),
-        frames=tuple(shown.frames))
+        frames=tuple(shown.frames), ran=ran)
 
 
 @lru_cache(maxsize=1)
@@ -238,7 +239,8 @@ class Evaluator:
         for i in ids:
             rows = [done_rows[(i, r)] for r in range(repeats) if (i, r) in done_rows]
             rows = [r if r.split == split_of[i] else _with_split(r, split_of[i]) for r in rows]
-            results.append(aggregate(rows, cached=all((i, r) in cached for r in range(repeats))))
+            results.append(aggregate(rows, cached=all((i, r) in cached for r in range(repeats)),
+                                     ran=sum((i, r) not in cached for r in range(repeats))))
         return results
 
     def _rows(self, run: SandboxRun, batch: list[tuple[str, str | None, int]], trusted: bool) -> list[EvaluationRow]:

@@ -111,5 +111,5 @@ class FunctionEvaluator:
             r = rows[i]
             out.append(InstanceResult(instance=i, split=s, status=r.status, score=r.score, objectives=r.objectives,
                                       feedback=r.feedback, usage=r.usage, cached=(i, 0) in cached,
-                                      backend="function", frames=()))
+                                      backend="function", frames=(), ran=0 if (i, 0) in cached else 1))
         return out

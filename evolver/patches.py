@@ -76,6 +76,8 @@ def check_path(path: str) -> str | None:
     """Why a path may not be written (None: fine). Paths are relative to the candidate root, '/'-separated."""
     if "\\" in path:
         return "backslashes are not allowed"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        return "control characters (newlines, tabs, NUL) are not allowed"
     if path.startswith("/") or re.match(r"^[A-Za-z]:", path) or path.startswith("~"):
         return "absolute paths are not allowed"
     parts = path.split("/")

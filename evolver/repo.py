@@ -166,7 +166,8 @@ class RunRepo:
     def _write_tree(self, parent: str, changes: Mapping[str, bytes | str | None], index: str) -> str:
         env = {"GIT_INDEX_FILE": index}
         self._git("read-tree", parent, env=env)
-        # One --index-info batch: "mode sha<TAB>path" adds, mode 0 removes (works in a bare repo).
+        # One --index-info batch: "mode sha<TAB>path" adds, mode 0 removes (works in a bare repo). NUL-terminated
+        # records (-z): a path is data, and a newline in one must not start a record of its own.
         lines = []
         for path, content in sorted(changes.items()):
             if content is None:
@@ -176,7 +177,8 @@ class RunRepo:
                 blob = self._git("hash-object", "-w", "--stdin", input_bytes=data, writes="objects").decode().strip()
                 lines.append(f"100644 {blob}\t{path}")
         if lines:
-            self._git("update-index", "--index-info", env=env, input_bytes=("\n".join(lines) + "\n").encode())
+            self._git("update-index", "-z", "--index-info", env=env,
+                      input_bytes="".join(line + "\0" for line in lines).encode())
         return self._git("write-tree", env=env, writes="objects").decode().strip()
 
     def set_branch(self, name: str, sha: str) -> None:

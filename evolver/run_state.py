@@ -39,11 +39,16 @@ class Standings:
         self.val_ids, self.objectives, self.mode = list(val_ids), dict(objectives), mode
         self._scores: dict[str, CandidateScores] = {}
         self._results: dict[str, tuple[InstanceResult, ...]] = {}
+        self._order: dict[str, int] = {}
         self._frontier: Frontier | None = None
 
-    def add(self, sha: str, results: Sequence[InstanceResult]) -> CandidateScores:
+    def add(self, sha: str, results: Sequence[InstanceResult], order: int) -> CandidateScores:
+        """`order` places the candidate among the others (its proposal's id; the seed 0): ties on the frontier and
+        for the best go to the earlier, whatever order candidates were accepted in (workers finish out of
+        order) or loaded in."""
         scores = scores_from_results(sha, results, self.objectives)
-        self._scores[sha], self._results[sha] = scores, tuple(results)
+        self._scores[sha], self._results[sha], self._order[sha] = scores, tuple(results), order
+        self._scores = dict(sorted(self._scores.items(), key=lambda kv: self._order[kv[0]]))
         self._frontier = None
         return scores
 
@@ -146,20 +151,20 @@ def eval_key(run: RunRow, task: Task, store: Store | None = None, seed_tree: str
     return found[0] if found else cache_key(task)
 
 
-def accepted_order(seed: str, proposals: Sequence[ProposalRow]) -> list[str]:
-    """The seed, then accepted candidates in the order they were proposed: the order the engine loads them."""
-    return [seed] + [p.child_sha for p in proposals if p.status == "accepted" and p.child_sha]
+def accepted_order(seed: str, proposals: Sequence[ProposalRow]) -> list[tuple[str, int]]:
+    """The seed, then accepted candidates in the order they were proposed, each with its place (proposal id)."""
+    return [(seed, 0)] + [(p.child_sha, p.id) for p in proposals if p.status == "accepted" and p.child_sha]
 
 
-def load_standings(store: Store, repo: RunRepo, key: str, task: Task, shas: Sequence[str], mode: str,
+def load_standings(store: Store, repo: RunRepo, key: str, task: Task, shas: Sequence[tuple[str, int]], mode: str,
                    repeats: int) -> Standings:
     val = validation_ids(task)
     standings = Standings(val, task.objectives, mode)
-    for sha in shas:
+    for sha, order in shas:
         rows = store.cached(key, repo.tree_sha(sha), val)
         if not all((i, r) in rows for i in val for r in range(repeats)):
             continue  # not (yet) validated under this evaluator: it has no standing
-        standings.add(sha, [aggregate([rows[(i, r)] for r in range(repeats)], cached=True) for i in val])
+        standings.add(sha, [aggregate([rows[(i, r)] for r in range(repeats)], cached=True) for i in val], order)
     return standings
 
 

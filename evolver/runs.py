@@ -122,6 +122,8 @@ def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | Non
         raise UserInputError(f"{row.task_path}: the task's files changed since run {name} began; results would "
                              "not be comparable. Start a new run (evolver run --run DIR)")
     cfg = row.config
+    if budget_override is not None and not budget_override.to_json():
+        budget_override = None  # a budget with no limit given is no override: the stored one stays
     budget = budget_override or Budget.from_json(cfg["budget"])
     if budget_override is not None:
         store.update_run(name, config={**cfg, "budget": budget.to_json()})

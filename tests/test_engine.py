@@ -269,3 +269,15 @@ def test_a_budget_that_cannot_validate_five_children_is_said_at_start(tmp_path: 
     roomy.engine.on_event = lambda e: warned.append(e.message) if e.kind == "warning" else None
     run(roomy)
     assert sum(w.startswith("budget plan") for w in warned) == 1
+
+
+def test_a_path_cannot_smuggle_index_records_into_a_commit(tmp_path: Path) -> None:
+    # A newline in a changed path would start a record of its own in git's index input: refused as unsafe.
+    injected = "sol.py\n100644 " + "0" * 40 + "\tdata.txt"
+    kit = make_engine(tmp_path, Scripted([Proposal(changes={injected: "X = 1\n"}, change="smuggle")]),
+                      examples=EXAMPLES, val=["v1", "v2"], budget=Budget(max_iterations=1),
+                      loop=LoopConfig(merge=False))
+    run(kit)
+    assert outcomes(kit) == [("failed", "not_mutable")]
+    repo = RunRepo.open_or_init(kit.run_dir / "repo")
+    assert [b for b in repo.branches() if not b.endswith("/seed")] == []

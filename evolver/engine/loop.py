@@ -149,13 +149,13 @@ class Engine:
             self._tick_locked()
             if evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved), missing):
                 return None
-            self._reserved += missing
             if missing:
                 self.store.reserve_evals(self.run_name, missing)
+            self._reserved += missing
         made = 0
         try:
             results = self.evaluator.evaluate(ref, [(i, split) for i in ids])
-            made = sum(r.repeats for r in results if not r.cached)
+            made = sum(r.ran for r in results)
         finally:
             with self._lock:
                 self._reserved -= missing
@@ -207,16 +207,16 @@ class Engine:
         if advice:
             self._emit("warning", advice)
         accepted = accepted_order(seed_sha, self.store.proposals(self.run_name))
-        for sha in accepted:
+        for sha, order in accepted:
             # The seed first: an evaluator or sandbox that cannot score it stops the run before any proposal.
             results = self._evaluate(sha, self.val, "val", seed=sha == seed_sha)
             if results is None:
-                missing = sum(self.evaluator.missing(self._ref(s), self.val) for s in accepted)
+                missing = sum(self.evaluator.missing(self._ref(s), self.val) for s, _ in accepted)
                 what = "the seed" if len(accepted) == 1 else f"the {len(accepted)} accepted candidates (seed included)"
                 raise BudgetTooSmall(f"the budget does not cover validating {what} on the validation split: "
                                      f"{missing} more evaluator calls are needed ({self.usage.evals} used of "
                                      f"{self.budget.max_evals}); give a larger --budget-evals")
-            self.standings.add(sha, results)
+            self.standings.add(sha, results, order)
         unfinished = self.store.proposals(self.run_name, status="pending") + [
             p for p in self.store.proposals(self.run_name, status="failed") if p.reason == "budget" and p.child_sha]
         for p in sorted(unfinished, key=lambda p: p.id):
@@ -258,6 +258,10 @@ class Engine:
                 if reason is None and self.nothing_new_streak >= Defaults.nothing_new_stop:
                     reason = (f"nothing new: the last {self.nothing_new_streak} proposals changed nothing or "
                               "repeated a candidate (the proposer has run out of ideas for this program)")
+                if reason is None:  # an iteration that could not even evaluate a child is not started (nor counted)
+                    smallest = min(self.config.minibatch, len(self.train)) * self.task.repeats
+                    reason = evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved),
+                                             smallest)
                 self._stopping = reason
             if self._stopping is not None:
                 return None
@@ -300,23 +304,35 @@ class Engine:
                 return self._budget_stop(len(plan.instances))
             parent_results = got
             plan = replace(plan, baseline=sum(r.score for r in parent_results))
-        # No proposal (and no paid LLM call) that the budget could not evaluate.
+        # No proposal (and no paid LLM call) that the budget could not evaluate: the child's calls are held for it
+        # (in memory) from here until its evaluation reserves them, so iterations in flight cannot all pass.
         needed = len(plan.instances) * self.task.repeats
         with self._lock:
             short = evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved), needed)
-        if short:
-            return short
-        pid = self.store.add_proposal(self.run_name, it, plan.kind, plan.parents[0], list(plan.instances),
-                                      plan.baseline, parents=plan.parents, proposer=proposer.name)
+            if short:
+                return short
+            self._reserved += needed
+        held = [needed]
         try:
-            return self._propose_and_land(pid, it, plan, proposer, rng, parent_results)
-        except EvaluatorFault as exc:
-            self.store.update_proposal(pid, status="failed", reason="evaluator_error", detail=str(exc)[:4000])
-            self._lesson(self._proposal(pid), "failed", "evaluator_error", None)
-            raise
+            pid = self.store.add_proposal(self.run_name, it, plan.kind, plan.parents[0], list(plan.instances),
+                                          plan.baseline, parents=plan.parents, proposer=proposer.name)
+            try:
+                return self._propose_and_land(pid, it, plan, proposer, rng, parent_results, held)
+            except EvaluatorFault as exc:
+                self.store.update_proposal(pid, status="failed", reason="evaluator_error", detail=str(exc)[:4000])
+                self._lesson(self._proposal(pid), "failed", "evaluator_error", None)
+                raise
+        finally:
+            self._release(held)
+
+    def _release(self, held: list[int]) -> None:
+        """Give back calls held for a child (once: the holder may have released them already)."""
+        with self._lock:
+            self._reserved -= held[0]
+            held[0] = 0
 
     def _propose_and_land(self, pid: int, it: int, plan: Plan, proposer: Proposer, rng: random.Random,
-                          parent_results: Sequence[InstanceResult]) -> str | None:
+                          parent_results: Sequence[InstanceResult], held: list[int]) -> str | None:
         if plan.is_merge:
             assert plan.base is not None
             self.store.add_merge(pid, self.run_name, *plan.parents, plan.base, *plan.parent_sums)
@@ -336,10 +352,10 @@ class Engine:
         if proposal.merge is not None:
             self.store.update_merge(pid, conflicts=proposal.merge.conflicts, resolution=proposal.merge.resolution,
                                     contributions=list(proposal.merge.contributions))
-        return self._land(pid, plan, proposal, proposer.name, parent_results)
+        return self._land(pid, plan, proposal, proposer.name, parent_results, held)
 
     def _land(self, pid: int, plan: Plan, proposal: Proposal, made_by: str,
-              parent_results: Sequence[InstanceResult]) -> str | None:
+              parent_results: Sequence[InstanceResult], held: list[int] | None = None) -> str | None:
         """Check, commit and record a proposal, then judge its child."""
         failure_kinds = sorted({r.status for r in parent_results if not r.ok})
         found = (proposal.failure, proposal.detail) if proposal.failure else checks.problem(self.task,
@@ -380,6 +396,8 @@ class Engine:
         self.store.update_proposal(pid, child_sha=child, branch=branch, diagnosis=proposal.diagnosis,
                                    change=proposal.change, operator=proposal.operator,
                                    files=sorted(proposal.changes), failure_kinds=failure_kinds)
+        if held is not None:
+            self._release(held)  # the child's evaluation reserves its calls itself
         return self._judge(self._proposal(pid), plan)
 
     def _proposal(self, pid: int) -> ProposalRow:
@@ -443,14 +461,16 @@ class Engine:
     def _out_of_budget(self, p: ProposalRow, detail: str, child_score: float | None = None) -> None:
         """A committed child the budget cannot judge: its outcome is `budget` (with its lesson), and `resume` with
         a larger budget judges it then."""
+        again = p.status == "failed" and p.reason == "budget"  # judged again on resume, still out of budget
         self.store.update_proposal(p.id, status="failed", reason="budget", detail=detail, child_score=child_score)
-        self._lesson(self._proposal(p.id), "failed", "budget", None)
+        if not again:
+            self._lesson(self._proposal(p.id), "failed", "budget", None)
 
     def _accept(self, p: ProposalRow, plan: Plan, val_results: Sequence[InstanceResult], child_sum: float,
                 versus: str) -> None:
         assert p.child_sha is not None and plan.baseline is not None
         before = self.standings.best_objectives()
-        self.standings.add(p.child_sha, val_results)
+        self.standings.add(p.child_sha, val_results, p.id)
         val_score = self.standings.mean_score(p.child_sha)
         self.store.update_proposal(p.id, status="accepted", reason="accepted", child_score=child_sum,
                                    val_score=val_score, detail=versus)
