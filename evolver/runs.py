@@ -67,7 +67,7 @@ def check_model(model: ModelConfig) -> None:
         return
     if not model.model:
         raise UserInputError(NO_MODEL)
-    from .llm import resolve_credentials
+    from .credentials import resolve_credentials
 
     problem = resolve_credentials(model.model, model.api_base)
     if problem:
