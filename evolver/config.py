@@ -69,6 +69,16 @@ LOST_REASONS: Final = frozenset({"worse", "duplicate"})
 MERGE_KIND: Final = "merge"  # the kind of proposal (and commit) a merge makes
 SEED_KIND: Final = "seed"
 
+# -- why a run stopped -------------------------------------------------------------------------------------
+# budget: evaluator calls, USD, time or iterations ran out; target: the target score was reached; patience: no
+# improvement for too long; stop_file: the stop file appeared; llm_failure: the LLM cannot be used as configured
+# (unreachable, bad key, unknown model, or failing call after call); error: an unexpected error; interrupted:
+# Ctrl-C or SIGTERM.
+StopKind = Literal["budget", "target", "patience", "stop_file", "llm_failure", "error", "interrupted"]
+STOP_KINDS: Final[tuple[str, ...]] = get_args(StopKind)
+# Stops that need the user to fix something before `resume` can help: `evolver run` exits 1 after them.
+FAILED_STOPS: Final = frozenset({"llm_failure"})
+
 # -- what went wrong with an LLM call ----------------------------------------------------------------------
 # unreachable: nothing answered at the address (connection refused, unknown host); timeout: no reply in time;
 # transient: rate limit or server error; auth: key rejected; not_found: unknown model or path; rejected: the
