@@ -47,6 +47,7 @@ def run(
     temperature: float = Defaults.temperature,
     max_tokens: int = Defaults.max_tokens,
     repair_turns: int = Defaults.repair_turns,
+    llm_timeout: float = Defaults.llm_timeout_s,
     llm_cache: str | Path | None = None,
     run_dir: str | Path | None = None,
     lessons: str | Path | None = None,
@@ -61,8 +62,9 @@ def run(
     prompts: str | Path | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> RunResult:
-    """Start an evolution run of a task folder (`evolver run`); the same call on an existing run continues it.
-    Loop settings left None come from the task's [evolve] table, else evolver.config.Defaults."""
+    """Start an evolution run of a task folder (`evolver run`); the same call on an existing run continues it
+    (with this budget and `llm_timeout`). Loop settings left None come from the task's [evolve] table, else
+    evolver.config.Defaults. `llm_timeout` bounds each HTTP attempt of an LLM call, in seconds."""
     from .engine.loop import LoopConfig
     from .runs import ModelConfig, start_run
 
@@ -75,7 +77,8 @@ def run(
                              f"({'not a folder' if Path(prompts).exists() else 'no such path'})")
     evolve = load_task(task_path).evolve
     model_cfg = ModelConfig(model=model, api_base=api_base, temperature=temperature, max_tokens=max_tokens,
-                            repair_turns=repair_turns, cache_dir=str(llm_cache) if llm_cache else None)
+                            repair_turns=repair_turns, timeout_s=llm_timeout,
+                            cache_dir=str(llm_cache) if llm_cache else None)
     loop = LoopConfig(minibatch=minibatch or evolve.minibatch, accept=accept or evolve.accept,
                       frontier=frontier or evolve.frontier, seed=seed, workers=workers or Defaults.workers,
                       merge=evolve.merge if merge is None else merge,
@@ -88,12 +91,12 @@ def run(
 
 
 def resume(run_dir: str | Path, *, budget: Budget | None = None, workers: int | None = None,
-           on_event: Callable[[Event], None] | None = None) -> RunResult:
-    """Continue a stopped or killed run (`evolver resume`); `budget` replaces the stored one, `workers` is for
-    this session only."""
+           llm_timeout: float | None = None, on_event: Callable[[Event], None] | None = None) -> RunResult:
+    """Continue a stopped or killed run (`evolver resume`); `budget` and `llm_timeout` replace the stored ones,
+    `workers` is for this session only."""
     from .runs import resume_run
 
-    return resume_run(run_dir, budget=budget, workers=workers, on_event=on_event)
+    return resume_run(run_dir, budget=budget, workers=workers, on_event=on_event, llm_timeout=llm_timeout)
 
 
 def status(run_dir: str | Path) -> dict[str, Any]:
@@ -153,7 +156,8 @@ class OptimizeResult:
     """What `optimize` returns: the best candidate (its text, or its files), the frontier, lineage, totals."""
 
     run_dir: str
-    stop_reason: str
+    stop_reason: str  # for people
+    stop_kind: str  # config.STOP_KINDS: budget | target | patience | stop_file | llm_failure | error | interrupted
     best_branch: str | None
     best: str | dict[str, str] | None
     best_objectives: dict[str, float | None] | None
@@ -249,6 +253,7 @@ def optimize(
     background: str = "",
     model: str,
     api_base: str | None = None,
+    llm_timeout: float | None = None,
     proposer: str | None = None,
     budget: Any = None,
     max_evals: int | None = None,
@@ -270,7 +275,9 @@ def optimize(
     - generalization (`trainset=` and `valset=`): learn on train, select on val.
 
     The evaluator returns a score or `(score, side_info)`. A text seed's candidate is its text; a folder's is a
-    dict path -> text. An existing `run_dir` is resumed."""
+    dict path -> text. An existing `run_dir` is resumed. `llm_timeout` bounds each HTTP attempt of an LLM call
+    (seconds; default Defaults.llm_timeout_s, or a resumed run's own). A run whose LLM cannot be used stops with
+    `stop_kind == "llm_failure"` and says why in `stop_reason`."""
     from .engine.budget import Budget
     from .function_eval import FunctionEvaluator
     from .runs import ModelConfig, resume_run, start_run
@@ -299,10 +306,13 @@ def optimize(
     else:
         path = Path(run_dir) if run_dir is not None else DEFAULT_RUNS_DIR / load_task(task).name
     if (path / "run.db").exists():
-        result = resume_run(path, budget=budget, on_event=on_event, make_evaluator=make_evaluator)
+        result = resume_run(path, budget=budget, on_event=on_event, make_evaluator=make_evaluator,
+                            llm_timeout=llm_timeout)
     else:
-        result = start_run(task, ModelConfig(model=model, api_base=api_base), budget, run_dir=path, loop=loop,
-                           lessons=lessons, on_event=on_event, make_evaluator=make_evaluator, proposer=proposer,
+        timeout = Defaults.llm_timeout_s if llm_timeout is None else llm_timeout
+        result = start_run(task, ModelConfig(model=model, api_base=api_base, timeout_s=timeout), budget,
+                           run_dir=path, loop=loop, lessons=lessons, on_event=on_event,
+                           make_evaluator=make_evaluator, proposer=proposer,
                            prompts=str(prompts) if prompts is not None else None)
     return _optimize_result(result, path, single, mode if seed is not None else _task_mode(path))
 
@@ -334,7 +344,8 @@ def _optimize_result(result: Any, path: Path, single: str | None, mode: str) -> 
     per_instance = {i: branch(c[0]) for i, c in state.standings.best_per_instance().items()} \
         if mode != "generalization" else {}
     return OptimizeResult(
-        run_dir=str(path), stop_reason=result.stop_reason, best_branch=branch(best) if best else None, best=shown,
+        run_dir=str(path), stop_reason=result.stop_reason, stop_kind=result.stop_kind,
+        best_branch=branch(best) if best else None, best=shown,
         best_objectives=state.standings.best_objectives(),
         frontier=tuple(branch(m) for m in state.standings.frontier().members),
         lineage=tuple(branch(s) for s in state.lineage(best)) if best else (), iterations=result.iterations,

@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("resume", help="continue a stopped or killed run")
     rs.add_argument("run_dir", help="run directory")
     _budget_args(rs)
+    rs.add_argument("--llm-timeout", type=float, metavar="SECONDS",
+                    help="seconds each HTTP attempt of an LLM call may take (replaces the run's stored value)")
     rs.add_argument("--workers", type=int, help="iterations in flight at once")
     rs.add_argument("--json", action="store_true")
 
@@ -82,6 +84,9 @@ def _run_parser(sub: Any) -> None:
     r.add_argument("--temperature", type=float, default=d.temperature)
     r.add_argument("--max-tokens", type=int, default=d.max_tokens)
     r.add_argument("--repair-turns", type=int, default=d.repair_turns, help="tries to fix edits that do not apply")
+    r.add_argument("--llm-timeout", type=float, default=d.llm_timeout_s, metavar="SECONDS",
+                   help="seconds each HTTP attempt of an LLM call may take (the time budget's remainder cuts it "
+                        "shorter)")
     r.add_argument("--llm-cache", help="folder for an opt-in cache of LLM replies keyed by the request")
     r.add_argument("--run", dest="run_dir", help=f"run directory (default: {d.runs_dir}/<task name>)")
     r.add_argument("--lessons", help="lesson log to use (share one across runs of a task)")

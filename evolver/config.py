@@ -70,6 +70,28 @@ LOST_REASONS: Final = frozenset({"worse", "duplicate"})
 MERGE_KIND: Final = "merge"  # the kind of proposal (and commit) a merge makes
 SEED_KIND: Final = "seed"
 
+# -- why a run stopped -------------------------------------------------------------------------------------
+# budget: evaluator calls, USD, time or iterations ran out; target: the target score was reached; patience: no
+# improvement for too long; stop_file: the stop file appeared; llm_failure: the LLM cannot be used as configured
+# (unreachable, bad key, unknown model, or failing call after call); error: an unexpected error; interrupted:
+# Ctrl-C or SIGTERM.
+StopKind = Literal["budget", "target", "patience", "stop_file", "llm_failure", "nothing_new", "error", "interrupted"]
+STOP_KINDS: Final[tuple[str, ...]] = get_args(StopKind)
+# Stops that need the user to fix something before `resume` can help: `evolver run` exits 1 after them.
+FAILED_STOPS: Final = frozenset({"llm_failure"})
+
+# -- what went wrong with an LLM call ----------------------------------------------------------------------
+# unreachable: nothing answered at the address (connection refused, unknown host); timeout: no reply in time;
+# transient: rate limit or server error; auth: key rejected; not_found: unknown model or path; rejected: the
+# request was refused (bad parameters, prompt too long); no_key: no key configured; no_time: the run's time
+# budget left no time for a (further) attempt; interrupted: Ctrl-C during the call.
+LLMErrorKind = Literal["unreachable", "timeout", "transient", "auth", "not_found", "rejected", "no_key", "no_time",
+                       "interrupted"]
+LLM_ERROR_KINDS: Final[tuple[str, ...]] = get_args(LLMErrorKind)
+# Failures no retry and no other prompt can fix: the run stops at the first one rather than spend evaluator
+# calls on minibatches whose proposals cannot be made.
+RUN_STOPPING_LLM_ERRORS: Final = frozenset({"unreachable", "auth", "not_found", "no_key"})
+
 # -- defaults ---------------------------------------------------------------------------------------------
 DEFAULT_PROPOSER: Final = "reflective"  # an LLM; `builtin` is the LLM-free one
 BUILTIN_MODEL: Final = "builtin"  # --model builtin: the LLM-free proposer and score-based merge resolution

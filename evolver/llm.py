@@ -5,9 +5,10 @@ need no model (`evolver eval`, the LLM-free proposer) must not pay for it. Its p
 shipped with litellm (`LITELLM_LOCAL_MODEL_COST_MAP`), so a call never downloads anything but the reply.
 
 Retries are ours, not litellm's or the OpenAI SDK's (both are told 0): one loop decides what is transient
-(429, 5xx, timeouts, dropped connections) and what needs the user (bad key, unknown model, bad request), and
-every attempt is counted in the `LLMCallRecord` handed to `on_call`. API keys never enter a record, a cache
-file or an error message.
+(429, 5xx, timeouts, dropped connections) and what needs the user (bad key, unknown model, bad request, nothing
+listening at the address), and every attempt is counted in the `LLMCallRecord` handed to `on_call`. An optional
+`time_left` (a run's time budget) bounds every attempt's timeout and every wait, so a hanging server cannot hold
+a run past its budget. API keys never enter a record, a cache file or an error message.
 """
 
 from __future__ import annotations
@@ -15,47 +16,39 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import math
 import os
 import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evolver.config import Defaults
+from evolver.credentials import PROVIDER_KEYS, provider_of, resolve_credentials
 from evolver.errors import EvolverError, UserInputError
+
+__all__ = ["LLM", "LLMCallRecord", "LLMConfig", "LLMError", "LLMReply", "provider_of", "request_hash",
+           "resolve_credentials"]
 
 # Sent when api_base points at a local server and no key is configured: the OpenAI SDK refuses to send a
 # request without one, and local servers (Ollama, vLLM, llama.cpp) ignore it.
 DUMMY_API_KEY = "sk-no-key-needed"
 RETRY_AFTER_CAP_S = 120.0  # a server asking for longer is treated as down: waiting longer helps nobody
-
-# Key variables of common providers (litellm provider prefix -> env vars litellm reads, the first is the one
-# to tell the user about). Providers not listed are left to litellm, whose auth errors still become LLMError.
-PROVIDER_KEYS: dict[str, tuple[str, ...]] = {
-    "openai": ("OPENAI_API_KEY",),
-    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"),
-    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-    "mistral": ("MISTRAL_API_KEY",),
-    "groq": ("GROQ_API_KEY",),
-    "deepseek": ("DEEPSEEK_API_KEY",),
-    "openrouter": ("OPENROUTER_API_KEY",),
-    "together_ai": ("TOGETHERAI_API_KEY",),
-    "xai": ("XAI_API_KEY",),
-    "fireworks_ai": ("FIREWORKS_AI_API_KEY", "FIREWORKS_API_KEY"),
-    "cohere": ("COHERE_API_KEY",),
-    "cerebras": ("CEREBRAS_API_KEY",),
-}
-KEYLESS_PROVIDERS = frozenset({"ollama", "ollama_chat"})  # litellm defaults them to localhost:11434
-NEEDS_API_BASE = frozenset({"hosted_vllm", "openai_like", "lm_studio", "llamafile"})
-_ALTERNATIVES = ("pass --api-base URL for a local OpenAI-compatible server (e.g. --model openai/NAME "
-                 "--api-base http://localhost:8000/v1), or --model builtin for the LLM-free mode")
+# Failures worth another attempt: the same request may well succeed a moment later.
+RETRYABLE_KINDS = frozenset({"unreachable", "timeout", "transient"})
 
 
 class LLMError(EvolverError):
-    """A model call failed in a way the caller cannot retry its way out of; the message says what to do."""
+    """A model call failed in a way the caller cannot retry its way out of; the message says what to do.
+
+    `kind` (one of config.LLM_ERROR_KINDS) says what failed, so callers decide without reading the message."""
+
+    def __init__(self, message: str, kind: str = "rejected") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -114,6 +107,18 @@ class LLMCallRecord:
     finish_reason: str | None
     error: str | None
     cached: bool = False
+    error_kind: str | None = None  # config.LLM_ERROR_KINDS, when the call failed
+    attempt_errors: tuple[str, ...] = ()  # the error of every failed HTTP attempt, in order, retried ones included
+
+
+@dataclass
+class _Tally:
+    """What one call's attempts have done so far (the loop's own state, not a record)."""
+
+    attempts: int = 0  # HTTP requests sent
+    timeout_s: float = 0.0  # the last attempt's timeout (the time budget may have cut it short)
+    errors: list[str] = field(default_factory=list)
+    last_kind: str | None = None
 
 
 def request_hash(model: str, messages: list[dict[str, Any]], temperature: float, max_tokens: int | None,
@@ -123,44 +128,6 @@ def request_hash(model: str, messages: list[dict[str, Any]], temperature: float,
                             "max_tokens": max_tokens, "api_base": api_base},
                            sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def provider_of(model: str) -> str | None:
-    """The litellm provider a model string routes to, for the common cases (None: not known here)."""
-    if "/" in model:
-        return model.split("/", 1)[0].lower()
-    name = model.lower()
-    if name.startswith(("gpt-", "chatgpt-", "o1", "o3", "o4")):
-        return "openai"  # litellm routes bare OpenAI names to OpenAI
-    if name.startswith("claude-"):
-        return "anthropic"
-    return None
-
-
-def resolve_credentials(model: str, api_base: str | None, api_key_env: str | None = None) -> str | None:
-    """None when a call to `model` can be attempted; else one line saying exactly what to set.
-
-    Cheap (no litellm import), so a CLI can check before starting a run rather than failing at the first call.
-    """
-    if api_base:
-        return None  # a local server: whatever key it wants (usually none) is the user's business
-    if api_key_env:
-        if os.environ.get(api_key_env):
-            return None
-        return f"{api_key_env} is not set: export {api_key_env}=<key> for model {model!r}, or {_ALTERNATIVES}"
-    provider = provider_of(model)
-    if provider is None:
-        return (f"model {model!r} names no provider litellm can route: use a litellm model string such as "
-                f"openai/gpt-4o-mini (OPENAI_API_KEY) or anthropic/claude-sonnet-4-5 (ANTHROPIC_API_KEY), "
-                f"or {_ALTERNATIVES}")
-    if provider in KEYLESS_PROVIDERS:
-        return None
-    if provider in NEEDS_API_BASE:
-        return f"model {model!r} is served by a local server: pass --api-base URL (e.g. http://localhost:8000/v1)"
-    envs = PROVIDER_KEYS.get(provider)
-    if envs is None or any(os.environ.get(e) for e in envs):
-        return None
-    return f"model {model!r} needs {envs[0]}: export {envs[0]}=<key>, or {_ALTERNATIVES}"
 
 
 def _import_litellm() -> Any:
@@ -179,12 +146,16 @@ class LLM:
     """Calls one configured model. Share one instance across threads: `concurrency` bounds calls in flight.
 
     `on_call` gets an LLMCallRecord for every call (cache hits and failures included), from the calling
-    thread, before `complete` returns or raises; it must be thread-safe if the LLM is shared.
+    thread, before `complete` returns or raises; it must be thread-safe if the LLM is shared. `time_left`, when
+    given, returns the seconds left in the caller's time budget (None: no limit): no attempt's timeout and no
+    wait (for a slot or before a retry) goes past it, and a call with no time left fails at once.
     """
 
-    def __init__(self, config: LLMConfig, on_call: Callable[[LLMCallRecord], None] | None = None) -> None:
+    def __init__(self, config: LLMConfig, on_call: Callable[[LLMCallRecord], None] | None = None,
+                 time_left: Callable[[], float | None] | None = None) -> None:
         self.config = config
         self.on_call = on_call
+        self.time_left = time_left
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._cache = Path(config.cache_dir) if config.cache_dir is not None else None
 
@@ -199,48 +170,110 @@ class LLM:
                              truncated=hit["finish_reason"] == "length", prompt_tokens=hit["prompt_tokens"],
                              completion_tokens=hit["completion_tokens"], cost_usd=0.0,
                              latency_s=time.monotonic() - t0, attempts=0, cached=True, model=cfg.model)
-            self._record(key, purpose, started_at, reply, None)
+            self._record(key, purpose, started_at, reply)
             return reply
 
+        tally = _Tally()
         try:
             api_key = self._api_key()  # before the import: a missing key should not cost seconds to report
+            if (left := self._left()) is not None and left <= 0:
+                raise self._no_time(tally)  # at once, without the seconds of importing litellm
+            litellm = _import_litellm()
+            kwargs: dict[str, Any] = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
+                                      "max_retries": 0, "num_retries": 0}
+            if cfg.max_tokens is not None:
+                kwargs["max_tokens"] = cfg.max_tokens
+            if cfg.api_base:
+                kwargs["api_base"] = cfg.api_base
+            if api_key is not None:
+                kwargs["api_key"] = api_key
+            response = self._send(litellm, kwargs, api_key, tally)
         except LLMError as exc:
-            self._record(key, purpose, started_at, None, str(exc), 0, time.monotonic() - t0)
+            self._record(key, purpose, started_at, None, exc, tally, time.monotonic() - t0)
             raise
-        litellm = _import_litellm()
-        kwargs: dict[str, Any] = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature,
-                                  "timeout": cfg.timeout_s, "max_retries": 0, "num_retries": 0}
-        if cfg.max_tokens is not None:
-            kwargs["max_tokens"] = cfg.max_tokens
-        if cfg.api_base:
-            kwargs["api_base"] = cfg.api_base
-        if api_key is not None:
-            kwargs["api_key"] = api_key
+        except BaseException:  # Ctrl-C mid-call: the requests already sent were sent, and are counted
+            self._record(key, purpose, started_at, None, LLMError(f"{self._where()}: interrupted", "interrupted"),
+                         tally, time.monotonic() - t0)
+            raise
+        reply = self._reply(litellm, response, tally.attempts, time.monotonic() - t0)
+        self._cache_put(key, reply)
+        self._record(key, purpose, started_at, reply, None, tally)
+        return reply
 
-        attempts = 0
+    def _send(self, litellm: Any, kwargs: dict[str, Any], api_key: str | None, tally: _Tally) -> Any:
+        """The HTTP attempts of one call: the response, or LLMError once retrying cannot or may not help."""
+        cfg = self.config
         while True:
-            attempts += 1
+            timeout = tally.timeout_s = self._take_slot(tally)
+            tally.attempts += 1
             try:
-                # The slot is held for the request only, never during backoff, so a throttled call does
-                # not keep others waiting.
-                with self._slots:
-                    response = litellm.completion(**kwargs)
-                break
+                try:
+                    return litellm.completion(**kwargs, timeout=timeout)
+                finally:
+                    # The slot is held for the request only, never during backoff, so a throttled call does
+                    # not keep others waiting.
+                    self._slots.release()
             except Exception as exc:  # noqa: BLE001 - classified below; nothing escapes unrecorded
                 detail = _redact(f"{type(exc).__name__}: {_message(exc)}", self._secrets(api_key))
-                retry = _retryable(litellm, exc)
-                if not retry or attempts > cfg.max_retries:
-                    tries = f"{attempts} attempt" + ("s" if attempts > 1 else "")
-                    error = (f"{cfg.model}: gave up after {tries}; last error: {detail}" if retry
-                             else self._fatal_message(litellm, exc, detail))
-                    self._record(key, purpose, started_at, None, error, attempts, time.monotonic() - t0)
-                    raise LLMError(error) from None  # the cause may carry the request, headers included
-                time.sleep(self._delay(attempts, _retry_after(exc)))
+                kind = tally.last_kind = _error_kind(litellm, exc)
+                tally.errors.append(detail)
+                if kind not in RETRYABLE_KINDS or tally.attempts > cfg.max_retries:
+                    # from None: the cause may carry the request, headers included
+                    raise LLMError(self._failure_message(litellm, exc, kind, detail, tally), kind) from None
+                wait = self._delay(tally.attempts, _retry_after(exc))
+                left = self._left()
+                if left is not None and wait >= left:
+                    raise LLMError(f"{self._where()}: gave up after {_tries(tally.attempts)}: the run's time "
+                                   f"budget leaves {max(left, 0):.1f} s, less than the {wait:.1f} s wait before a "
+                                   f"retry; last error: {detail}", kind) from None
+                time.sleep(wait)
 
-        reply = self._reply(litellm, response, attempts, time.monotonic() - t0)
-        self._cache_put(key, reply)
-        self._record(key, purpose, started_at, reply, None)
-        return reply
+    def _take_slot(self, tally: _Tally) -> float:
+        """Wait for a concurrency slot (no longer than the time left) and return the next attempt's timeout:
+        the configured one, or the time left when that is shorter."""
+        left = self._left()
+        if left is None:
+            self._slots.acquire()
+            return self.config.timeout_s
+        if left <= 0 or not self._slots.acquire(timeout=left):
+            raise self._no_time(tally)
+        left = self._left() or 0.0
+        if left <= 0:
+            self._slots.release()
+            raise self._no_time(tally)
+        # Whole seconds: litellm keeps one HTTP client per distinct timeout, so a fresh fraction per call would
+        # build (and cache) a new client each time. Rounding up overshoots the budget by under a second.
+        return min(self.config.timeout_s, float(math.ceil(left)))
+
+    def _left(self) -> float | None:
+        return None if self.time_left is None else self.time_left()
+
+    def _no_time(self, tally: _Tally) -> LLMError:
+        if not tally.attempts:
+            return LLMError(f"{self._where()}: not called: the run's time budget is used up", "no_time")
+        # The kind of the last attempt's failure: an endpoint that is down is down, whatever the clock says.
+        return LLMError(f"{self._where()}: gave up after {_tries(tally.attempts)}: the run's time budget is used "
+                        f"up; last error: {tally.errors[-1]}", tally.last_kind or "no_time")
+
+    def _where(self) -> str:
+        """The model and the address it was called at, for every failure message."""
+        cfg = self.config
+        return f"{cfg.model} at {cfg.api_base}" if cfg.api_base else f"{cfg.model} (its provider's endpoint)"
+
+    def _failure_message(self, litellm: Any, exc: Exception, kind: str, detail: str, tally: _Tally) -> str:
+        cfg = self.config
+        gave_up = f"gave up after {_tries(tally.attempts)}; last error: {detail}"
+        if kind == "unreachable":
+            if cfg.api_base:
+                return (f"{cfg.model}: nothing answered at {cfg.api_base} ({gave_up}); start the server there "
+                        "or correct --api-base")
+            return f"{self._where()}: the provider could not be reached ({gave_up}); check the network connection"
+        if kind == "timeout":
+            return (f"{self._where()}: no reply within {tally.timeout_s:g} s ({gave_up}); check that the server "
+                    "answers, or raise --llm-timeout")
+        if kind == "transient":
+            return f"{self._where()}: {gave_up}"
+        return self._fatal_message(litellm, exc, detail)
 
     # -- helpers -------------------------------------------------------------------------------------
     def _api_key(self) -> str | None:
@@ -251,7 +284,8 @@ class LLM:
                 return value
             if cfg.api_base:
                 return DUMMY_API_KEY
-            raise LLMError(f"{cfg.api_key_env} is not set: export {cfg.api_key_env}=<key> for model {cfg.model!r}")
+            raise LLMError(f"{cfg.api_key_env} is not set: export {cfg.api_key_env}=<key> for model {cfg.model!r}",
+                           "no_key")
         if cfg.api_base and not any(os.environ.get(e) for e in self._key_envs()):
             return DUMMY_API_KEY
         return None  # litellm finds the provider's key itself
@@ -276,7 +310,8 @@ class LLM:
                     + ("" if cfg.api_key_env else " or name the variable with api_key_env"))
         if isinstance(exc, litellm.NotFoundError):
             return (f"{cfg.model}: model not found{where} ({detail}); check the model string (litellm form "
-                    f"provider/name, e.g. openai/gpt-4o-mini, ollama/qwen2.5-coder)")
+                    f"provider/name, e.g. openai/gpt-4o-mini, ollama/qwen2.5-coder)"
+                    + (" and the --api-base URL" if cfg.api_base else ""))
         if isinstance(exc, litellm.ContextWindowExceededError):
             return f"{cfg.model}: the prompt does not fit the model's context window ({detail})"
         return f"{cfg.model}: request rejected{where} ({detail})"
@@ -303,17 +338,18 @@ class LLM:
                         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0), cost_usd=cost,
                         latency_s=latency_s, attempts=attempts, cached=False, model=self.config.model)
 
-    def _record(self, key: str, purpose: str, started_at: float, reply: LLMReply | None, error: str | None,
-                attempts: int = 0, latency_s: float = 0.0) -> None:
+    def _record(self, key: str, purpose: str, started_at: float, reply: LLMReply | None,
+                error: LLMError | None = None, tally: _Tally | None = None, latency_s: float = 0.0) -> None:
         if self.on_call is None:
             return
-        r = reply
+        r, tally = reply, tally or _Tally()
         self.on_call(LLMCallRecord(
             request_hash=key, model=self.config.model, purpose=purpose, started_at=started_at,
-            latency_s=r.latency_s if r else latency_s, attempts=r.attempts if r else attempts,
+            latency_s=r.latency_s if r else latency_s, attempts=r.attempts if r else tally.attempts,
             prompt_tokens=r.prompt_tokens if r else 0, completion_tokens=r.completion_tokens if r else 0,
-            cost_usd=r.cost_usd if r else None, finish_reason=r.finish_reason if r else None, error=error,
-            cached=r.cached if r else False))
+            cost_usd=r.cost_usd if r else None, finish_reason=r.finish_reason if r else None,
+            error=str(error) if error else None, cached=r.cached if r else False,
+            error_kind=error.kind if error else None, attempt_errors=tuple(tally.errors)))
 
     # -- response cache ------------------------------------------------------------------------------
     def _cache_path(self, key: str) -> Path | None:
@@ -347,17 +383,49 @@ class LLM:
         os.replace(tmp, path)
 
 
-def _retryable(litellm: Any, exc: Exception) -> bool:
+def _error_kind(litellm: Any, exc: Exception) -> str:
+    """What kind of failure an attempt's exception is (config.LLM_ERROR_KINDS)."""
+    # Checked first: litellm reports a refused connection as InternalServerError("Connection error."), which
+    # would read as a flaky server rather than an address where nothing listens.
+    if _unreachable(exc):
+        return "unreachable"
     # Checked before the status: litellm.Timeout (408) and APIConnectionError (500) subclass openai's
     # connection errors, and ContextWindowExceededError is a BadRequestError (400) that no retry fixes.
-    if isinstance(exc, litellm.BadRequestError | litellm.AuthenticationError | litellm.PermissionDeniedError
-                  | litellm.NotFoundError | litellm.UnprocessableEntityError):
-        return False
-    if isinstance(exc, litellm.RateLimitError | litellm.Timeout | litellm.APIConnectionError
-                  | litellm.InternalServerError | litellm.ServiceUnavailableError | litellm.BadGatewayError):
-        return True
+    if isinstance(exc, litellm.AuthenticationError | litellm.PermissionDeniedError):
+        return "auth"
+    if isinstance(exc, litellm.NotFoundError):
+        return "not_found"
+    if isinstance(exc, litellm.BadRequestError | litellm.UnprocessableEntityError):
+        return "rejected"
+    if isinstance(exc, litellm.Timeout):
+        return "timeout"
+    if isinstance(exc, litellm.RateLimitError | litellm.APIConnectionError | litellm.InternalServerError
+                  | litellm.ServiceUnavailableError | litellm.BadGatewayError):
+        return "transient"
     status = getattr(exc, "status_code", None)
-    return isinstance(status, int) and (status == 429 or status >= 500)  # e.g. litellm.APIError(502, ...)
+    if isinstance(status, int) and (status == 429 or status >= 500):  # e.g. litellm.APIError(502, ...)
+        return "transient"
+    return "rejected"
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether the attempt never reached a server: connection refused, unknown host, no route (httpx's
+    ConnectError somewhere in the chain of causes). A connect *timeout* is not counted: it may come from a
+    timeout the time budget cut short."""
+    import httpx  # a dependency of litellm, loaded with it
+
+    seen: BaseException | None = exc
+    for _ in range(10):  # chains are short; a cycle must not loop forever
+        if seen is None:
+            return False
+        if isinstance(seen, httpx.ConnectError | ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _tries(attempts: int) -> str:
+    return f"{attempts} attempt" + ("s" if attempts != 1 else "")
 
 
 def _retry_after(exc: Exception) -> float | None:

@@ -14,6 +14,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from .config import FAILED_STOPS
 from .evidence import sanitize
 
 
@@ -90,13 +91,22 @@ def _print_result(result, as_json: bool) -> None:
         _print_json(doc)
         return
     console = Console()
-    console.print(Text(f"stopped: {result.stop_reason}"))
+    console.print(Text(f"stopped ({result.stop_kind}): {result.stop_reason}"))
     console.print(Text(f"{result.iterations} iterations, {result.evals} evaluator calls, ${result.usd:.4f}, "
                        f"{result.seconds:.0f} s"))
     best = ", ".join(f"{k} {_fmt(v)}" for k, v in (result.best_objectives or {}).items())
     console.print(Text(f"best: {result.best_branch or result.best} ({best})"))
     console.print(Text(f"frontier ({len(result.frontier)}): {', '.join(result.frontier_branches)}; details: "
                        f"`evolver status {result.run_dir}`"))
+
+
+def _exit_code(result) -> int:
+    """1 when the run stopped on something the user must fix first (config.FAILED_STOPS), said in one line."""
+    if result.stop_kind not in FAILED_STOPS:
+        return 0
+    print(f"evolver: the run stopped: {result.stop_reason}; then continue with `evolver resume {result.run_dir}`",
+          file=sys.stderr)
+    return 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -106,12 +116,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with LiveView(budget.to_json(), enabled=sys.stderr.isatty() and not args.json) as view:
         result = api.run(args.task, model=args.model, budget=budget, api_base=args.api_base,
                          temperature=args.temperature, max_tokens=args.max_tokens, repair_turns=args.repair_turns,
-                         llm_cache=args.llm_cache, run_dir=args.run_dir, lessons=args.lessons,
-                         minibatch=args.minibatch, seed=args.seed, accept=args.accept, frontier=args.frontier,
-                         merge=args.merge, max_merges=args.max_merges, workers=args.workers,
+                         llm_timeout=args.llm_timeout, llm_cache=args.llm_cache, run_dir=args.run_dir,
+                         lessons=args.lessons, minibatch=args.minibatch, seed=args.seed, accept=args.accept,
+                         frontier=args.frontier, merge=args.merge, max_merges=args.max_merges, workers=args.workers,
                          proposer=args.proposer, prompts=args.prompts, on_event=view)
     _print_result(result, args.json)
-    return 0
+    return _exit_code(result)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -120,9 +130,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     budget = budget_from_args(args)
     override = budget if budget.to_json() else None  # no budget flags: the run's stored budget
     with LiveView((override or budget).to_json(), enabled=sys.stderr.isatty() and not args.json) as view:
-        result = api.resume(args.run_dir, budget=override, workers=args.workers, on_event=view)
+        result = api.resume(args.run_dir, budget=override, workers=args.workers, llm_timeout=args.llm_timeout,
+                            on_event=view)
     _print_result(result, args.json)
-    return 0
+    return _exit_code(result)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -132,12 +143,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         return _print_json(doc)
     console = Console()
+    kind = f" ({doc['stop_kind']})" if doc["stop_kind"] else ""
     console.print(Text(f"run {doc['run']} ({doc['task']}): {doc['state']}"
-                       + (f", stopped: {doc['stop_reason']}" if doc["stop_reason"] else "")))
+                       + (f", stopped{kind}: {doc['stop_reason']}" if doc["stop_reason"] else "")))
     llm = doc["llm"]
+    failed = f", {llm['failed']} failed" if llm["failed"] else ""
     console.print(Text(f"{doc['iterations']} iterations, {doc['evals_used']} evaluator calls, "
-                       f"{llm['calls']} LLM calls ({llm['prompt_tokens']}+{llm['completion_tokens']} tokens, "
-                       f"${doc['usd_used']:.4f}), {doc['elapsed_s']:.0f} s; model {doc['model']}"))
+                       f"{llm['calls']} LLM calls ({llm['requests']} HTTP requests{failed}, "
+                       f"{llm['prompt_tokens']}+{llm['completion_tokens']} tokens, ${doc['usd_used']:.4f}), "
+                       f"{doc['elapsed_s']:.0f} s; model {doc['model']}"))
     names = sorted({k for c in doc["candidates"] for k in c["objectives"]}, key=lambda k: k != "score")
     table = Table(title="accepted candidates (validation)", title_justify="left")
     for col in ("candidate", "frontier", "wins", *names):
@@ -164,9 +178,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         return _print_json(doc)
     console = Console()
-    console.print(Text(f"{doc['candidate']} {doc['sha'][:12]} on {doc['branch']} (parent "
-                       f"{(doc['parent'] or '-')[:12]}), {doc['kind']}: {doc['status']}"
-                       + (f" ({doc['reason']})" if doc["reason"] else "")))
+    where = f"{doc['sha'][:12]} on {doc['branch']}" if doc["sha"] else "(no child)"
+    console.print(Text(f"{doc['candidate']} {where} (parent {(doc['parent'] or '-')[:12]}), {doc['kind']}: "
+                       f"{doc['status']}" + (f" ({doc['reason']})" if doc["reason"] else "")))
     for label in ("diagnosis", "change", "detail"):
         if doc[label]:
             console.print(Panel(Text(sanitize(doc[label])), title=label, title_align="left"))
@@ -182,9 +196,24 @@ def _cmd_show(args: argparse.Namespace) -> int:
         for inst, r in doc["val"].items():
             table.add_row(inst, r["status"], _fmt(r["score"]))
         console.print(table)
+    if doc["llm_calls"]:
+        _print_llm_calls(console, doc["llm_calls"])
     if doc["diff"]:
         console.print(Syntax(doc["diff"], "diff", theme="ansi_dark"))
     return 0
+
+
+def _print_llm_calls(console: Console, calls: list[dict[str, Any]]) -> None:
+    table = Table(title="LLM calls", title_justify="left")
+    for col in ("purpose", "attempts", "tokens", "latency s", "outcome"):
+        table.add_column(col, justify="right" if col in ("attempts", "tokens", "latency s") else "left")
+    for c in calls:
+        tokens = f"{c['prompt_tokens'] or 0}+{c['completion_tokens'] or 0}"
+        outcome = "cached" if c["cached"] else (f"{c['error_kind'] or 'failed'}: {c['error']}" if c["error"] else "ok")
+        if c["attempt_errors"] and not c["error"]:
+            outcome += f" after {len(c['attempt_errors'])} failed attempt(s): {c['attempt_errors'][-1]}"
+        table.add_row(c["purpose"], str(c["attempts"]), tokens, f"{c['latency_s']:.1f}", Text(sanitize(outcome)))
+    console.print(table)
 
 
 def _print_merge(console: Console, merge: dict[str, Any]) -> None:

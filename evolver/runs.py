@@ -1,7 +1,9 @@
 """Runs: create, resume and inspect an evolution run directory (repo/, run.db, lessons.jsonl).
 
 The run's settings (task, model, budget, loop settings) are stored in run.db at creation, so `resume`
-needs nothing but the run directory; flags given to `resume` override the stored ones (a larger budget).
+needs nothing but the run directory; flags given to `resume` override the stored ones (a larger budget, another
+LLM timeout). Every LLM call is recorded with the proposal it was made for, and bounded by the time left in the
+run's budget; a failure that makes the LLM unusable (nothing listening, a rejected key) stops the run at once.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import BUILTIN_MODEL, DEFAULT_PROPOSER, Defaults
-from .engine.budget import Budget
-from .engine.loop import Engine, Event, LoopConfig
+from .config import BUILTIN_MODEL, DEFAULT_PROPOSER, RUN_STOPPING_LLM_ERRORS, Defaults
+from .engine.budget import Budget, StopReason
+from .engine.loop import Engine, Event, LoopConfig, current_proposal
 from .errors import EvolverError, UserInputError
 from .evaluation import CandidateEvaluator, Evaluator
 from .lessons import LessonLog
@@ -35,7 +37,7 @@ class ModelConfig:
     temperature: float = Defaults.temperature
     max_tokens: int = Defaults.max_tokens
     repair_turns: int = Defaults.repair_turns
-    timeout_s: float = Defaults.llm_timeout_s
+    timeout_s: float = Defaults.llm_timeout_s  # per HTTP attempt; the run's time left cuts it shorter
     cache_dir: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -45,7 +47,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class RunResult:
     run_dir: str
-    stop_reason: str
+    stop_reason: str  # for people
+    stop_kind: str  # config.STOP_KINDS: what code branches on (`evolver run` exits 1 on llm_failure)
     best: str | None
     best_branch: str | None
     best_objectives: dict[str, float | None] | None
@@ -64,13 +67,19 @@ NO_MODEL = ("--model: expected a litellm model string (e.g. openai/gpt-4.1-mini 
             "proposer; found none")
 
 
+def check_llm_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not timeout_s > 0:
+        raise UserInputError(f"--llm-timeout: expected a positive number of seconds, found {timeout_s!r}")
+
+
 def check_model(model: ModelConfig) -> None:
     """Fail early, with what to set, when no LLM call could succeed."""
+    check_llm_timeout(model.timeout_s)
     if model.model == BUILTIN:
         return
     if not model.model:
         raise UserInputError(NO_MODEL)
-    from .llm import resolve_credentials
+    from .credentials import resolve_credentials
 
     problem = resolve_credentials(model.model, model.api_base)
     if problem:
@@ -82,7 +91,28 @@ def proposer_name(model: ModelConfig, proposer: str | None) -> str:
     return proposer or ("builtin" if model.model == BUILTIN else DEFAULT_PROPOSER)
 
 
-def _make_proposers(model: ModelConfig, store: Store, run: str, proposer: str | None,
+class _EngineLink:
+    """What a run's LLM reports to: the store, and the engine once it exists (the LLM is built first, inside
+    the proposers the engine is given)."""
+
+    def __init__(self, store: Store, run: str) -> None:
+        self.store, self.run = store, run
+        self.engine: Engine | None = None
+
+    def time_left(self) -> float | None:
+        return None if self.engine is None else self.engine.time_left()
+
+    def on_call(self, record: Any) -> None:
+        """Every call (an evolver.llm.LLMCallRecord), from the thread that made it: linked to the proposal that
+        thread is working on."""
+        self.store.record_llm_call(self.run, current_proposal.get(), record)
+        if record.error_kind in RUN_STOPPING_LLM_ERRORS and self.engine is not None:
+            # No retry and no other prompt fixes these: stop now rather than spend evaluator calls on further
+            # minibatches whose proposals cannot be made.
+            self.engine.stop(StopReason("llm_failure", record.error or record.error_kind))
+
+
+def _make_proposers(model: ModelConfig, link: _EngineLink, proposer: str | None,
                     prompts: str | None) -> tuple[Proposer, Proposer]:
     """The run's proposer (from the registry) and its merger: both use the same LLM (or, with builtin, none)."""
     check_model(model)
@@ -98,7 +128,7 @@ def _make_proposers(model: ModelConfig, store: Store, run: str, proposer: str | 
 
         llm = LLM(LLMConfig(model=model.model, api_base=model.api_base, temperature=model.temperature,
                             max_tokens=model.max_tokens, timeout_s=model.timeout_s, cache_dir=model.cache_dir),
-                  on_call=lambda record: store.record_llm_call(run, None, record))
+                  on_call=link.on_call, time_left=link.time_left)
     made = factory(ProposerSettings(model=model.model, llm=llm, repair_turns=model.repair_turns, prompts=templates))
     resolver = ScoreResolver() if llm is None else LLMResolver(llm, model.repair_turns, templates)
     return made, MergeProposer(resolver)
@@ -111,9 +141,25 @@ def sandbox_evaluator(task: Task, store: Store) -> CandidateEvaluator:
     return Evaluator(task, task_sandbox(task), store)
 
 
+def _settings(store: Store, name: str, budget: Budget | None, llm_timeout: float | None) -> dict[str, Any]:
+    """The run's stored settings, with what `resume` (or the same `run` again) replaces written back first."""
+    row = store.run(name)
+    assert row is not None
+    cfg = row.config
+    updates: dict[str, Any] = {}
+    if budget is not None and budget.to_json():  # a budget with no limit given is no override
+        updates["budget"] = budget.to_json()
+    if llm_timeout is not None:
+        updates["model"] = {**cfg["model"], "timeout_s": llm_timeout}
+    if updates:
+        cfg = {**cfg, **updates}
+        store.update_run(name, config=cfg)
+    return cfg
+
+
 def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | None,
             budget_override: Budget | None, workers: int | None,
-            make_evaluator: EvaluatorFactory | None) -> tuple[Engine, str]:
+            make_evaluator: EvaluatorFactory | None, llm_timeout: float | None = None) -> tuple[Engine, str]:
     name = run_dir.resolve().name
     row = store.run(name)
     assert row is not None
@@ -121,12 +167,8 @@ def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | Non
     if task.digest != row.task_digest:
         raise UserInputError(f"{row.task_path}: the task's files changed since run {name} began; results would "
                              "not be comparable. Start a new run (evolver run --run DIR)")
-    cfg = row.config
-    if budget_override is not None and not budget_override.to_json():
-        budget_override = None  # a budget with no limit given is no override: the stored one stays
-    budget = budget_override or Budget.from_json(cfg["budget"])
-    if budget_override is not None:
-        store.update_run(name, config={**cfg, "budget": budget.to_json()})
+    cfg = _settings(store, name, budget_override, llm_timeout)
+    budget = Budget.from_json(cfg["budget"])
     repo = RunRepo.open_or_init(run_dir / "repo")
     seed = repo.branch_sha(seed_branch(name))
     if seed is None:
@@ -144,10 +186,12 @@ def _engine(run_dir: Path, store: Store, on_event: Callable[[Event], None] | Non
     if workers:  # `resume --workers N`: this session only
         loop = replace(loop, workers=workers)
     chosen = cfg.get("proposer", {})
-    proposer, merger = _make_proposers(model, store, name, chosen.get("name"), chosen.get("prompts"))
-    engine = Engine(task=task, run=name, repo=repo, store=store, evaluator=evaluator, proposer=proposer,
-                    lessons=LessonLog(cfg["lessons"]), budget=budget, config=loop, on_event=on_event,
-                    usd_spent=lambda: store.llm_totals(name)["usd"], merger=merger)
+    link = _EngineLink(store, name)
+    proposer, merger = _make_proposers(model, link, chosen.get("name"), chosen.get("prompts"))
+    engine = link.engine = Engine(
+        task=task, run=name, repo=repo, store=store, evaluator=evaluator, proposer=proposer,
+        lessons=LessonLog(cfg["lessons"]), budget=budget, config=loop, on_event=on_event,
+        usd_spent=lambda: store.llm_totals(name)["usd"], merger=merger)
     return engine, seed
 
 
@@ -170,25 +214,26 @@ def _say_not_utf8(engine: Engine, seed: str, on_event: Callable[[Event], None] |
 
 
 def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None, workers: int | None,
-           make_evaluator: EvaluatorFactory | None = None) -> RunResult:
+           make_evaluator: EvaluatorFactory | None = None, llm_timeout: float | None = None) -> RunResult:
     name = run_dir.resolve().name
     try:
-        engine, seed = _engine(run_dir, store, on_event, budget_override, workers, make_evaluator)
+        engine, seed = _engine(run_dir, store, on_event, budget_override, workers, make_evaluator, llm_timeout)
     except (OSError, sqlite3.DatabaseError) as exc:
         _refused(store, name, None, exc)
         raise
     _say_not_utf8(engine, seed, on_event)
-    store.update_run(name, state="running", stop_reason=None)
+    store.update_run(name, state="running", stop_reason=None, stop_kind=None)
     try:
         engine.start(seed)
         reason = engine.run()
     except KeyboardInterrupt:
         engine.save_progress()
-        store.update_run(name, state="stopped", stop_reason="interrupted")
+        store.update_run(name, state="stopped", stop_reason="interrupted", stop_kind="interrupted")
         raise
     except EvolverError as exc:  # e.g. the task's evaluator failed: the run stops, saying why
         engine.save_progress()
-        store.update_run(name, state="stopped", stop_reason=f"error: {str(exc).splitlines()[0][:300]}")
+        store.update_run(name, state="stopped", stop_reason=f"error: {str(exc).splitlines()[0][:300]}",
+                         stop_kind="error")
         raise
     except (OSError, sqlite3.DatabaseError) as exc:
         _refused(store, name, engine, exc)
@@ -201,9 +246,9 @@ def _drive(run_dir: Path, store: Store, on_event, budget_override: Budget | None
 
     best = engine.best()
     members = engine.standings.frontier().members
-    return RunResult(run_dir=str(run_dir), stop_reason=reason, best=best, best_branch=branch(best) if best else None,
-                     best_objectives=engine.best_objectives(), frontier=members,
-                     frontier_branches=tuple(branch(m) for m in members),
+    return RunResult(run_dir=str(run_dir), stop_reason=reason.message, stop_kind=reason.kind, best=best,
+                     best_branch=branch(best) if best else None, best_objectives=engine.best_objectives(),
+                     frontier=members, frontier_branches=tuple(branch(m) for m in members),
                      iterations=engine.usage.iterations, evals=engine.usage.evals, usd=engine.usage.usd,
                      seconds=engine.usage.seconds)
 
@@ -259,7 +304,7 @@ def _start_locked(task: Task, path: Path, model: ModelConfig, budget: Budget, *,
                     raise UserInputError(f"{path}: running the same command again continues the run with its own "
                                          f"settings, and these differ ({shown}); drop those flags to continue, or "
                                          "pick another --run for a run with the new settings")
-            return _resume_locked(path, budget, None, on_event, make_evaluator)
+            return _resume_locked(path, budget, None, on_event, make_evaluator, model.timeout_s)
     name = path.resolve().name
     store = Store(path / "run.db")
     try:
@@ -280,20 +325,22 @@ def _start_locked(task: Task, path: Path, model: ModelConfig, budget: Budget, *,
 
 def resume_run(run_dir: str | Path, *, budget: Budget | None = None, workers: int | None = None,
                on_event: Callable[[Event], None] | None = None,
-               make_evaluator: EvaluatorFactory | None = None) -> RunResult:
+               make_evaluator: EvaluatorFactory | None = None, llm_timeout: float | None = None) -> RunResult:
+    """Continue a run; `budget` and `llm_timeout` (seconds per LLM attempt), when given, replace the stored ones."""
+    check_llm_timeout(llm_timeout)
     path = Path(run_dir)
     if not (path / "run.db").exists():
         raise UserInputError(f"{path}: expected a run directory (with run.db), found none")
     with RunLock(path):
-        return _resume_locked(path, budget, workers, on_event, make_evaluator)
+        return _resume_locked(path, budget, workers, on_event, make_evaluator, llm_timeout)
 
 
-def _resume_locked(path: Path, budget: Budget | None, workers: int | None,
-                   on_event: Callable[[Event], None] | None, make_evaluator: EvaluatorFactory | None) -> RunResult:
+def _resume_locked(path: Path, budget: Budget | None, workers: int | None, on_event: Callable[[Event], None] | None,
+                   make_evaluator: EvaluatorFactory | None, llm_timeout: float | None = None) -> RunResult:
     store = Store(path / "run.db")
     try:
         if store.run(path.resolve().name) is None:
             raise UserInputError(f"{path}: expected an evolution run, found only evaluations (evolver eval)")
-        return _drive(path, store, on_event, budget, workers, make_evaluator)
+        return _drive(path, store, on_event, budget, workers, make_evaluator, llm_timeout)
     finally:
         store.close()

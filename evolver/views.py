@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .errors import UserInputError
 from .repo import RunRepo, seed_branch
 from .run_state import RunState, eval_key, merge_summary, read_state
-from .store import ProposalRow, Store
+from .store import LLMCallRow, ProposalRow, Store
 
 
 def status(run_dir: str | Path) -> dict[str, Any]:
@@ -22,6 +23,7 @@ def status(run_dir: str | Path) -> dict[str, Any]:
     row = state.run
     return {
         "run": state.name, "task": state.task.name, "state": state.state, "stop_reason": row.stop_reason,
+        "stop_kind": row.stop_kind,
         "iterations": row.iteration, "evals_used": row.evals_used, "usd_used": row.usd_used,
         "elapsed_s": row.elapsed_s, "budget": cfg.get("budget", {}), "model": cfg.get("model", {}).get("model"),
         "proposer": cfg.get("proposer", {}).get("name"), "llm": dict(state.llm),
@@ -67,8 +69,41 @@ def resolve_candidate(state: RunState, repo: RunRepo, ident: str) -> tuple[str, 
     return sha, state.proposal_of(sha)
 
 
+def _llm_call_view(call: LLMCallRow) -> dict[str, Any]:
+    return {k: v for k, v in asdict(call).items() if k not in ("id", "run", "proposal_id", "request_hash")}
+
+
+def _llm_calls(state: RunState, proposal_id: int) -> list[dict[str, Any]]:
+    store = Store(state.path / "run.db")
+    try:
+        return [_llm_call_view(c) for c in store.llm_calls(state.name, proposal_id)]
+    finally:
+        store.close()
+
+
+def _childless(state: RunState, ident: str) -> ProposalRow | None:
+    """The proposal `c<N>` names when it produced no child (it failed before one was committed)."""
+    if not (ident.startswith("c") and ident[1:].isdigit()):
+        return None
+    return next((p for p in state.proposals if p.id == int(ident[1:]) and p.child_sha is None), None)
+
+
+def _proposal_only(state: RunState, ident: str, p: ProposalRow) -> dict[str, Any]:
+    """`show` of a proposal without a child: why it failed, and the LLM calls it made (with their errors)."""
+    return {
+        "candidate": ident, "sha": None, "branch": None, "parent": p.parent_sha, "kind": p.kind,
+        "status": p.status, "reason": p.reason, "detail": p.detail, "diagnosis": p.diagnosis, "change": p.change,
+        "proposer": p.proposer, "operator": p.operator, "minibatch": {}, "parent_minibatch_sum": p.parent_score,
+        "child_minibatch_sum": None, "val": {}, "diff": "", "parents": list(p.parents),
+        "merge": _merge_view(state, p) if p.kind == "merge" else None, "llm_calls": _llm_calls(state, p.id),
+    }
+
+
 def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
     state = read_state(run_dir)
+    failed = _childless(state, ident)
+    if failed is not None:
+        return _proposal_only(state, ident, failed)
     repo = RunRepo.open_existing(state.path / "repo")
     sha, p = resolve_candidate(state, repo, ident)
     info = repo.info(sha)
@@ -77,11 +112,13 @@ def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
     val = {r.instance: {"status": r.status, "score": r.score, "objectives": r.objectives}
            for r in (state.standings.results(sha) if sha in state.standings else ())}
     mini: dict[str, float] = {}
+    calls: list[dict[str, Any]] = []
     if p is not None:
         store = Store(state.path / "run.db", readonly=True)
         try:
             key = eval_key(state.run, state.task, store, repo.tree_sha(state.seed))
             rows = store.cached(key, repo.tree_sha(sha), p.minibatch)
+            calls = [_llm_call_view(c) for c in store.llm_calls(state.name, p.id)]
         finally:
             store.close()
         mini = {i: r.score for (i, _), r in rows.items()}
@@ -93,6 +130,7 @@ def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
         "minibatch": mini, "parent_minibatch_sum": p.parent_score if p else None,
         "child_minibatch_sum": p.child_score if p else None, "val": val, "diff": diff,
         "parents": list(info.parents), "merge": _merge_view(state, p) if p is not None and p.kind == "merge" else None,
+        "llm_calls": calls,
     }
 
 

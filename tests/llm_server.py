@@ -34,13 +34,15 @@ _ERROR_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 429:
 
 @dataclass
 class ScriptedLLMServer:
-    """Serves `script` on 127.0.0.1 (free port); `requests` holds every request body received, parsed."""
+    """Serves `script` on 127.0.0.1 (a free port, or `bind_port`); `requests` holds every request body received,
+    parsed."""
 
     script: list[ScriptEntry] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     max_in_flight: int = 0  # most requests being answered at once, to check a client's concurrency bound
+    bind_port: int = 0  # a given port: a server started where a run's stored api_base pointed at nothing
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -68,7 +70,7 @@ class ScriptedLLMServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep pytest output clean
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.bind_port), Handler)
         self._httpd.daemon_threads = True  # a slow scripted reply must not block shutdown
         # A short poll interval: shutdown() waits up to one interval, paid at the end of every test.
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="scripted-llm",

@@ -57,9 +57,9 @@ def test_cli_modules_import_only_the_api_layer() -> None:
 
 
 def _fake_result(run_dir: str) -> RunResult:
-    return RunResult(run_dir=run_dir, stop_reason="iteration budget: 1 of 1", best=None, best_branch=None,
-                     best_objectives=None, frontier=(), frontier_branches=(), iterations=1, evals=3, usd=0.0,
-                     seconds=0.1)
+    return RunResult(run_dir=run_dir, stop_reason="iteration budget: 1 of 1", stop_kind="budget", best=None,
+                     best_branch=None, best_objectives=None, frontier=(), frontier_branches=(), iterations=1,
+                     evals=3, usd=0.0, seconds=0.1)
 
 
 @pytest.fixture
@@ -115,8 +115,9 @@ def test_api_validates_what_the_cli_restricts(start_run_calls) -> None:
 
 def test_defaults_come_from_config() -> None:
     run = cli._parser().parse_args(["run", "TASK"])
-    assert (run.temperature, run.max_tokens, run.repair_turns, run.seed) == (
-        Defaults.temperature, Defaults.max_tokens, Defaults.repair_turns, Defaults.seed_rng)
+    assert (run.temperature, run.max_tokens, run.repair_turns, run.seed, run.llm_timeout) == (
+        Defaults.temperature, Defaults.max_tokens, Defaults.repair_turns, Defaults.seed_rng, Defaults.llm_timeout_s)
+    assert cli._parser().parse_args(["resume", "RUN"]).llm_timeout is None  # resume keeps the run's own
     ev = cli._parser().parse_args(["eval", "TASK"])
     assert ev.split == Defaults.eval_split and ev.backend is None
     assert cli._parser().parse_args(["export", "RUN", "--patch", "p"]).candidate == Defaults.candidate

@@ -127,7 +127,7 @@ def test_the_evaluator_never_runs_more_than_the_budget(tmp_path: Path) -> None:
                       loop=LoopConfig(minibatch=2, merge=False))
     calls = kit.calls
     reason = run(kit)
-    assert len(calls) <= 15 and "evaluator-call budget" in reason
+    assert len(calls) <= 15 and reason.kind == "budget" and "evaluator-call budget" in reason.message
     assert status(kit.run_dir)["evals_used"] == len(calls)
 
 
@@ -224,7 +224,7 @@ def test_parallel_iterations_keep_store_repo_and_budget_consistent(tmp_path: Pat
                       loop=LoopConfig(minibatch=2, workers=3, merge=False))
     calls = kit.calls
     reason = run(kit)
-    assert len(calls) <= 40 and "evaluator-call budget" in reason
+    assert len(calls) <= 40 and reason.kind == "budget" and "evaluator-call budget" in reason.message
     import sqlite3
 
     db = sqlite3.connect(kit.run_dir / "run.db")
@@ -234,7 +234,7 @@ def test_parallel_iterations_keep_store_repo_and_budget_consistent(tmp_path: Pat
     assert len({r[1] for r in rows}) == len(rows)  # every iteration number once
     repo = RunRepo.open_or_init(kit.run_dir / "repo")
     for _, _, status_, child, branch in rows:
-        assert status_ != "pending" or child is None or reason.startswith("evaluator-call budget")
+        assert status_ != "pending" or child is None or reason.message.startswith("evaluator-call budget")
         if child:
             assert repo.resolve(branch) == child
     trees = db.execute("SELECT tree FROM candidates").fetchall()
@@ -250,7 +250,8 @@ def test_a_proposer_out_of_ideas_stops_the_run(tmp_path: Path) -> None:
     kit = make_engine(tmp_path, Scripted([same] * 500), examples=EXAMPLES, val=["v1", "v2"],
                       budget=Budget(max_evals=1000), loop=LoopConfig(minibatch=2, merge=False))
     reason = run(kit)
-    assert reason.startswith(f"nothing new: the last {Defaults.nothing_new_stop} proposals")
+    assert reason.kind == "nothing_new"
+    assert reason.message.startswith(f"nothing new: the last {Defaults.nothing_new_stop} proposals")
     assert len(outcomes(kit)) == Defaults.nothing_new_stop
 
 

@@ -59,7 +59,9 @@ def test_budget_rules() -> None:
     b = Budget(max_evals=10, max_iterations=5, target_score=0.9, patience=3)
     assert stop_reason(b, Usage()) is None
     assert evals_exhausted(b, Usage(evals=8), 3) and not evals_exhausted(b, Usage(evals=8), 2)
-    assert "iteration" in stop_reason(b, Usage(iterations=5))
-    assert "target" in stop_reason(b, Usage(best_score=0.95))
-    assert "improvement" in stop_reason(b, Usage(since_improvement=3))
+    for usage, kind, word in ((Usage(iterations=5), "budget", "iteration"),
+                              (Usage(best_score=0.95), "target", "target"),
+                              (Usage(since_improvement=3), "patience", "improvement")):
+        reason = stop_reason(b, usage)
+        assert reason is not None and reason.kind == kind and word in reason.message
     assert Budget.from_json(b.to_json()) == b

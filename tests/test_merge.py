@@ -338,7 +338,9 @@ def test_files_with_nul_bytes_are_merged_as_whole_files_not_through_git() -> Non
 
 def test_an_llm_outage_during_a_merge_spends_neither_the_attempt_nor_the_pair(scripted_llm, tmp_path: Path) -> None:
     task, run_dir = toy_siblings(scripted_llm, tmp_path)
-    scripted_llm.add({"status": 401}, RESOLVED)  # not retried: the merge's resolution fails with llm_error
+    # A rejected request: not retried, so the merge's resolution fails with llm_error at once (a rejected key
+    # would stop the whole run: no later call could succeed).
+    scripted_llm.add({"status": 400}, RESOLVED)
     start_run(task, llm(scripted_llm), Budget(max_iterations=4), run_dir=run_dir)
     db = sqlite3.connect(run_dir / "run.db")
     rows = db.execute("SELECT p.iteration, p.status, p.reason FROM merges m JOIN proposals p ON p.id = m.proposal_id "

@@ -99,21 +99,26 @@ def test_a_budget_stop_leaves_nothing_pending_and_resume_without_budget_does_not
     reason = kit.engine.run()
     fn = kit.engine.evaluator.fn
     kit.close()
-    assert "evaluator-call budget" in reason
+    assert reason.kind == "budget" and "evaluator-call budget" in reason.message
     db = sqlite3.connect(kit.run_dir / "run.db")
     rows = db.execute("SELECT status, reason FROM proposals").fetchall()
     assert rows and ("pending", "pending") not in rows
     lessons = [json.loads(line) for line in (kit.run_dir / "lessons.jsonl").read_text().splitlines()]
     assert len(lessons) == len(rows) and {x["reason"] for x in lessons} >= {r for _, r in rows}
-    before = (rows, db.execute("SELECT COUNT(*) FROM candidates").fetchone())
+    before = (rows, db.execute("SELECT COUNT(*) FROM candidates").fetchone(),
+              db.execute("SELECT iteration FROM runs").fetchone(), len(lessons))
     # Resumed with the same budget: it says why it stops and makes nothing new (no LLM call, no commit).
     from evolver.function_eval import FunctionEvaluator
     from evolver.runs import resume_run
 
-    result = resume_run(kit.run_dir, make_evaluator=lambda t, s: FunctionEvaluator(fn, EXAMPLES, s, t.digest, None))
-    assert "evaluator-call budget" in result.stop_reason
+    for _ in range(3):  # and again: every resume of a spent run is a no-op
+        result = resume_run(kit.run_dir,
+                            make_evaluator=lambda t, s: FunctionEvaluator(fn, EXAMPLES, s, t.digest, None))
+        assert result.stop_kind == "budget" and "evaluator-call budget" in result.stop_reason
     after = (db.execute("SELECT status, reason FROM proposals").fetchall(),
-             db.execute("SELECT COUNT(*) FROM candidates").fetchone())
+             db.execute("SELECT COUNT(*) FROM candidates").fetchone(),
+             db.execute("SELECT iteration FROM runs").fetchone(),
+             len((kit.run_dir / "lessons.jsonl").read_text().splitlines()))
     assert after == before
 
 

@@ -33,7 +33,8 @@ from evolver.views import export, status
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "run_schema3.tar.gz"
 PLACEHOLDER = "/EVOLVER_FIXTURE"
-NEW_COLUMNS = {"proposals": {"parents", "proposer", "operator"}, "evaluations": {"frames"}, "runs": {"evals_reserved"}}
+NEW_COLUMNS = {"proposals": {"parents", "proposer", "operator"}, "evaluations": {"frames"},
+               "llm_calls": {"error_kind", "attempt_errors", "cached"}, "runs": {"evals_reserved", "stop_kind"}}
 
 
 def unpack(tmp_path: Path) -> Path:
@@ -223,4 +224,32 @@ def test_processes_opening_one_file_at_once_migrate_it_once(tmp_path: Path, whic
     if which == "schema3":
         store = Store(db_path)
         assert all(len(p.parents) == (2 if p.kind == "merge" else 1) for p in store.proposals("run"))
+        store.close()
+
+
+def test_schema4_llm_calls_and_runs_gain_kinds_without_guessing(tmp_path: Path) -> None:
+    """Migration 6: LLM calls get an error kind, their attempts' errors and a cache flag; runs a stop kind. Old
+    rows keep what they had; only a call that sent nothing and did not fail is marked a cache hit."""
+    path = tmp_path / "run.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for step in MIGRATIONS[:4]:
+        step.apply(db)
+    db.execute("INSERT INTO meta (key, value) VALUES ('schema', '4')")
+    db.execute("INSERT INTO runs (name, task_path, task_digest, config, state, stop_reason, created_at, updated_at) "
+               "VALUES ('run', 't', 'd', '{}', 'stopped', 'time budget: 60 s of 60 s', 1, 1)")
+    calls = [(0, None), (3, "openai/x: gave up after 3 attempts"), (2, None)]  # a hit, a failure, a retried call
+    db.executemany("INSERT INTO llm_calls (run, purpose, model, request_hash, latency_s, attempts, error, "
+                   "created_at) VALUES ('run', 'propose', 'openai/x', 'h', 0.1, ?, ?, 1)", calls)
+    db.close()
+    store = Store(path)
+    try:
+        assert store.upgraded == (5, 6)  # 5: the evaluator-call journal; 6: LLM fault kinds
+        rows = store.llm_calls("run")
+        assert [(r.attempts, r.error, r.cached) for r in rows] == [(a, e, a == 0 and e is None) for a, e in calls]
+        assert all(r.error_kind is None and r.attempt_errors == [] and r.proposal_id is None for r in rows)
+        assert store.llm_totals("run") == {"calls": 3, "requests": 5, "failed": 1, "prompt_tokens": 0,
+                                           "completion_tokens": 0, "usd": 0.0}
+        run = store.run("run")
+        assert run is not None and run.stop_reason == "time budget: 60 s of 60 s" and run.stop_kind is None
+    finally:
         store.close()

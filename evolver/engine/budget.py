@@ -1,13 +1,16 @@
 """Budgets and stopping rules of a run, checked before every evaluation batch.
 
 Pure data: the loop keeps a `Usage` up to date and asks `stop_reason` before each batch (with the size of
-the batch it is about to run), so a run never overshoots its evaluator-call budget.
+the batch it is about to run), so a run never overshoots its evaluator-call budget. Why a run stopped is a
+`StopReason` record: a kind that code can branch on (config.STOP_KINDS) and a message for people.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..config import StopKind
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,12 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class StopReason:
+    kind: StopKind  # budget | target | patience | stop_file | llm_failure | error | interrupted
+    message: str  # for people: which limit and how much of it was used, or what failed and what to do
+
+
+@dataclass(frozen=True)
 class Usage:
     evals: int = 0
     usd: float = 0.0
@@ -45,22 +54,23 @@ def evals_exhausted(budget: Budget, usage: Usage, next_evals: int) -> str | None
     return None
 
 
-def stop_reason(budget: Budget, usage: Usage) -> str | None:
+def stop_reason(budget: Budget, usage: Usage) -> StopReason | None:
     """Checked between iterations: why the run must stop now, or None to go on."""
     if budget.stop_file and Path(budget.stop_file).exists():
-        return f"stop file {budget.stop_file} exists"
+        return StopReason("stop_file", f"stop file {budget.stop_file} exists")
     if budget.max_evals is not None and usage.evals >= budget.max_evals:
-        return f"evaluator-call budget: {usage.evals} used of {budget.max_evals}"
+        return StopReason("budget", f"evaluator-call budget: {usage.evals} used of {budget.max_evals}")
     if budget.max_usd is not None and usage.usd >= budget.max_usd:
-        return f"USD budget: {usage.usd:.4f} used of {budget.max_usd:g}"
+        return StopReason("budget", f"USD budget: {usage.usd:.4f} used of {budget.max_usd:g}")
     if budget.max_seconds is not None and usage.seconds >= budget.max_seconds:
-        return f"time budget: {usage.seconds:.0f} s of {budget.max_seconds:g} s"
+        return StopReason("budget", f"time budget: {usage.seconds:.0f} s of {budget.max_seconds:g} s")
     if budget.max_iterations is not None and usage.iterations >= budget.max_iterations:
-        return f"iteration budget: {usage.iterations} of {budget.max_iterations}"
+        return StopReason("budget", f"iteration budget: {usage.iterations} of {budget.max_iterations}")
     if budget.target_score is not None and usage.best_score is not None and usage.best_score >= budget.target_score:
-        return f"target score reached: {usage.best_score:.4g} >= {budget.target_score:g}"
+        return StopReason("target", f"target score reached: {usage.best_score:.4g} >= {budget.target_score:g}")
     if budget.patience is not None and usage.since_improvement >= budget.patience:
-        return f"no improvement for {usage.since_improvement} iterations (patience {budget.patience})"
+        return StopReason("patience", f"no improvement for {usage.since_improvement} iterations "
+                                      f"(patience {budget.patience})")
     return None
 
 

@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,9 +31,14 @@ from ..run_state import Standings, accepted_order, validation_ids
 from ..store import ProposalRow, Store
 from ..task import Task
 from . import checks
-from .budget import Budget, Usage, budget_advice, evals_exhausted, stop_reason
+from .budget import Budget, StopReason, Usage, budget_advice, evals_exhausted, stop_reason
 from .context import ContextBuilder
 from .plans import MergePlanner, Plan, mutation_plan, plan_of
+
+# The proposal the current thread is asking its proposer for (None outside a proposal). Set by the engine around
+# `propose`, so whatever records an LLM call made in that thread (with --workers N, each worker thread sets its
+# own) links the call to its proposal without the proposers passing ids around.
+current_proposal: ContextVar[int | None] = ContextVar("evolver_current_proposal", default=None)
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,7 @@ class Engine:
                                        config.tried_shown, evaluator.cache_key)
         self.failing_streak = 0
         self.llm_error_streak = 0  # LLM calls that failed after all retries, in a row
+        self._last_llm_error = ""  # the latest of them, for the message of the stop they cause
         # Proposals in a row that cost nothing and found nothing (no-ops, duplicates): a proposer that has run out
         # of new ideas (the builtin one on a small program) would otherwise iterate for ever.
         self.nothing_new_streak = 0
@@ -105,7 +112,7 @@ class Engine:
         # calls and evaluations run outside it. The store and the repo are safe to use concurrently.
         self._lock = threading.RLock()
         self._reserved = 0  # evaluator calls promised to batches in flight, so parallel batches never overshoot
-        self._stopping: str | None = None
+        self._stopping: StopReason | None = None
         self._error: BaseException | None = None
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -136,6 +143,20 @@ class Engine:
         self._clock = now
         self.store.update_run(self.run_name, iteration=self.usage.iterations, evals_used=self.usage.evals,
                               usd_used=self.usage.usd, elapsed_s=self.usage.seconds)
+
+    def time_left(self) -> float | None:
+        """Seconds left in the run's time budget (None: it has none), counted like `usage.seconds`: what
+        bounds every LLM call, so a hanging server cannot hold the run past its budget."""
+        if self.budget.max_seconds is None:
+            return None
+        with self._lock:
+            used = self.usage.seconds + (time.monotonic() - self._clock)
+        return self.budget.max_seconds - used
+
+    def stop(self, reason: StopReason) -> None:
+        """Stop the run after the iterations in flight (the first reason given wins); thread-safe."""
+        with self._lock:
+            self._stopping = self._stopping or reason
 
     def _evaluate(self, sha: str, ids: Sequence[str], split: str, seed: bool = False) -> list[InstanceResult] | None:
         """Results, or None when the budget does not allow the evaluator calls this needs.
@@ -178,11 +199,11 @@ class Engine:
                                  f"({names}); fix the task (its files are unchanged for this run: start a new "
                                  f"run once fixed). {first.status} on {first.instance}:\n{first.feedback[-2500:]}")
 
-    def _budget_stop(self, needed: int) -> str:
+    def _budget_stop(self, needed: int) -> StopReason:
         with self._lock:
             used = replace(self.usage, evals=self.usage.evals + self._reserved)
-            return evals_exhausted(self.budget, used, needed) or (
-                f"evaluator-call budget: {self.usage.evals} used of {self.budget.max_evals}")
+            return StopReason("budget", evals_exhausted(self.budget, used, needed) or (
+                f"evaluator-call budget: {self.usage.evals} used of {self.budget.max_evals}"))
 
     def _emit(self, kind: str, message: str) -> None:
         if self.on_event is None:
@@ -222,7 +243,7 @@ class Engine:
         for p in sorted(unfinished, key=lambda p: p.id):
             self._finish_pending(p)
 
-    def run(self) -> str:
+    def run(self) -> StopReason:
         """Iterate until a budget or stopping rule says stop (with `workers` iterations in flight); returns why."""
         workers = max(1, self.config.workers)
         if workers == 1:
@@ -237,14 +258,15 @@ class Engine:
                     for t in threads:
                         t.join(0.2)
             except BaseException:
-                self._stopping = self._stopping or "interrupted"
+                self.stop(StopReason("interrupted", "interrupted"))
                 raise
         if self._error is not None:
             raise self._error
-        reason = self._stopping or "stopped"
+        # Workers end only when _claim found a reason (or an error, raised above).
+        reason = self._stopping or StopReason("error", "stopped without a recorded reason")
         self.save_progress()
-        self.store.update_run(self.run_name, state="stopped", stop_reason=reason)
-        self._emit("stopped", reason)
+        self.store.update_run(self.run_name, state="stopped", stop_reason=reason.message, stop_kind=reason.kind)
+        self._emit("stopped", reason.message)
         return reason
 
     def _claim(self) -> int | None:
@@ -253,15 +275,18 @@ class Engine:
             if self._stopping is None:
                 reason = stop_reason(self.budget, self.usage)
                 if reason is None and self.llm_error_streak >= Defaults.llm_error_streak_stop:
-                    reason = (f"the LLM failed {self.llm_error_streak} times in a row after retries; see "
-                              "`evolver show` of the last proposal, fix the model or server, then `evolver resume`")
+                    reason = StopReason("llm_failure", f"the LLM failed {self.llm_error_streak} times in a row after "
+                                                       f"retries (the last time: {self._last_llm_error}); check the "
+                                                       "model and its server")
                 if reason is None and self.nothing_new_streak >= Defaults.nothing_new_stop:
-                    reason = (f"nothing new: the last {self.nothing_new_streak} proposals changed nothing or "
-                              "repeated a candidate (the proposer has run out of ideas for this program)")
+                    reason = StopReason("nothing_new", f"nothing new: the last {self.nothing_new_streak} proposals "
+                                        "changed nothing or repeated a candidate (the proposer has run out of ideas "
+                                        "for this program)")
                 if reason is None:  # an iteration that could not even evaluate a child is not started (nor counted)
                     smallest = min(self.config.minibatch, len(self.train)) * self.task.repeats
-                    reason = evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved),
-                                             smallest)
+                    short = evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved),
+                                            smallest)
+                    reason = StopReason("budget", short) if short else None
                 self._stopping = reason
             if self._stopping is not None:
                 return None
@@ -273,16 +298,16 @@ class Engine:
             while (it := self._claim()) is not None:
                 outcome = self.iterate(it)
                 if outcome is not None:
-                    with self._lock:
-                        self._stopping = self._stopping or outcome
+                    self.stop(outcome)
         except BaseException as exc:  # a worker's failure stops the run and reaches the caller
             with self._lock:
                 self._error = self._error or exc
-                self._stopping = self._stopping or f"error: {exc}"
+            self.stop(StopReason("interrupted", "interrupted") if isinstance(exc, KeyboardInterrupt)
+                      else StopReason("error", f"error: {exc}"))
             if threading.current_thread() is threading.main_thread():
                 raise
 
-    def iterate(self, it: int) -> str | None:
+    def iterate(self, it: int) -> StopReason | None:
         """Iteration `it`; returns a stop reason when the budget ran out mid-way."""
         if self.planner is not None and self.merger is not None:
             rng = random.Random(f"{self.config.seed}:{it}:merge")
@@ -295,7 +320,7 @@ class Engine:
             plan = mutation_plan(self.standings, self.train, self.config.minibatch, self.config.accept == "ties", rng)
         return self._attempt(it, plan, self.proposer, rng)
 
-    def _attempt(self, it: int, plan: Plan, proposer: Proposer, rng: random.Random) -> str | None:
+    def _attempt(self, it: int, plan: Plan, proposer: Proposer, rng: random.Random) -> StopReason | None:
         """Store the plan, ask its proposer, then land the proposal."""
         parent_results: list[InstanceResult] = []
         if not plan.is_merge:
@@ -310,7 +335,7 @@ class Engine:
         with self._lock:
             short = evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved), needed)
             if short:
-                return short
+                return StopReason("budget", short)
             self._reserved += needed
         held = [needed]
         try:
@@ -332,13 +357,14 @@ class Engine:
             held[0] = 0
 
     def _propose_and_land(self, pid: int, it: int, plan: Plan, proposer: Proposer, rng: random.Random,
-                          parent_results: Sequence[InstanceResult], held: list[int]) -> str | None:
+                          parent_results: Sequence[InstanceResult], held: list[int]) -> StopReason | None:
         if plan.is_merge:
             assert plan.base is not None
             self.store.add_merge(pid, self.run_name, *plan.parents, plan.base, *plan.parent_sums)
             ctx = self.contexts.merge(plan, it)
         else:
             ctx = self.contexts.mutation(plan, parent_results, it)
+        linked = current_proposal.set(pid)
         try:
             proposal = proposer.propose(ctx, rng)
         except (RuntimeError, ValueError, RecursionError, OSError) as exc:
@@ -348,6 +374,8 @@ class Engine:
             # same pair again and stop again.
             proposal = Proposal(failure="merge_error", detail=f"{type(exc).__name__}: {exc}",
                                 merge=MergeRecord(resolution="failed"))
+        finally:
+            current_proposal.reset(linked)
         self.save_progress()
         if proposal.merge is not None:
             self.store.update_merge(pid, conflicts=proposal.merge.conflicts, resolution=proposal.merge.resolution,
@@ -355,7 +383,7 @@ class Engine:
         return self._land(pid, plan, proposal, proposer.name, parent_results, held)
 
     def _land(self, pid: int, plan: Plan, proposal: Proposal, made_by: str,
-              parent_results: Sequence[InstanceResult], held: list[int] | None = None) -> str | None:
+              parent_results: Sequence[InstanceResult], held: list[int] | None = None) -> StopReason | None:
         """Check, commit and record a proposal, then judge its child."""
         failure_kinds = sorted({r.status for r in parent_results if not r.ok})
         found = (proposal.failure, proposal.detail) if proposal.failure else checks.problem(self.task,
@@ -428,12 +456,12 @@ class Engine:
             plan = replace(plan, baseline=sum(r.score for r in parent_results))
         self._judge(p, plan)
 
-    def _judge(self, p: ProposalRow, plan: Plan) -> str | None:
+    def _judge(self, p: ProposalRow, plan: Plan) -> StopReason | None:
         assert p.child_sha is not None and plan.baseline is not None
         child_results = self._evaluate(p.child_sha, plan.instances, plan.split)
         if child_results is None:
             why = self._budget_stop(len(plan.instances))
-            self._out_of_budget(p, f"not evaluated: {why}")
+            self._out_of_budget(p, f"not evaluated: {why.message}")
             return why
         child_sum = sum(r.score for r in child_results)
         crashed = all(r.status in FAILED_STATUSES for r in child_results)
@@ -452,7 +480,7 @@ class Engine:
         val_results = self._evaluate(p.child_sha, self.val, "val")
         if val_results is None:
             why = self._budget_stop(len(self.val))
-            self._out_of_budget(p, f"accepted on the {versus}; validation not run: {why}", child_sum)
+            self._out_of_budget(p, f"accepted on the {versus}; validation not run: {why.message}", child_sum)
             return why
         with self._lock:
             self._accept(p, plan, val_results, child_sum, versus)
@@ -486,6 +514,8 @@ class Engine:
     def _failed(self, p: ProposalRow, plan: Plan, failure: str, detail: str) -> None:
         self._lesson(p, "failed", failure, None)
         with self._lock:
+            if failure == "llm_error":
+                self._last_llm_error = detail.splitlines()[0] if detail else "no detail"
             if plan.is_merge and failure == "llm_error" and self.planner is not None:
                 # An LLM outage says nothing about the pair: it stays eligible and the attempt is not counted,
                 # but the failure counts towards the streak that stops a run whose LLM keeps failing.

@@ -13,6 +13,7 @@ from .rows import (
     RUN_UPDATABLE,
     CandidateRow,
     EvaluationRow,
+    LLMCallRow,
     MergeRow,
     ProposalRow,
     RunRow,
@@ -24,6 +25,7 @@ PROPOSAL_COLUMNS = columns(ProposalRow)  # the proposals columns a ProposalRow i
 
 __all__ = [
     "MERGE_UPDATABLE", "MIGRATIONS", "PROPOSAL_COLUMNS", "PROPOSAL_UPDATABLE", "RUN_UPDATABLE", "SCHEMA_VERSION",
-    "CandidateRow", "EvaluationRow", "MergeRow", "ProposalRow", "RunRow", "SchemaError", "Store", "check_run_dir",
+    "CandidateRow", "EvaluationRow", "LLMCallRow", "MergeRow", "ProposalRow", "RunRow", "SchemaError", "Store",
+    "check_run_dir",
     "migrate", "schema_version",
 ]

@@ -16,6 +16,7 @@ from .rows import (
     MERGE_UPDATABLE,
     PROPOSAL_UPDATABLE,
     RUN_UPDATABLE,
+    LLMCallRow,
     MergeRow,
     ProposalRow,
     RunRow,
@@ -158,20 +159,35 @@ class RunRecords:
 
     # -- LLM calls -------------------------------------------------------------------------------------
     def record_llm_call(self, run: str | None, proposal_id: int | None, record: Any) -> None:
+        """`record` is an evolver.llm.LLMCallRecord (read by attribute: the store does not import the LLM)."""
+        errors = encode("llm_calls", {"attempt_errors": tuple(getattr(record, "attempt_errors", ()))})
         with self._lock:
             self._db.execute(
                 "INSERT INTO llm_calls (run, proposal_id, purpose, model, request_hash, latency_s, attempts, "
-                "prompt_tokens, completion_tokens, cost_usd, finish_reason, error, created_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "prompt_tokens, completion_tokens, cost_usd, finish_reason, error, error_kind, attempt_errors, "
+                "cached, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run, proposal_id, record.purpose, record.model, record.request_hash, record.latency_s,
                  record.attempts, record.prompt_tokens, record.completion_tokens, record.cost_usd,
-                 record.finish_reason, record.error, time.time()))
+                 record.finish_reason, record.error, getattr(record, "error_kind", None),
+                 errors["attempt_errors"], int(getattr(record, "cached", False)), time.time()))
+
+    def llm_calls(self, run: str, proposal_id: int | None = None) -> list[LLMCallRow]:
+        q, args = select(LLMCallRow, "llm_calls") + " WHERE run=?", [run]
+        if proposal_id is not None:
+            q += " AND proposal_id=?"
+            args.append(proposal_id)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY id", args).fetchall()
+        return [from_row(LLMCallRow, r) for r in rows]
 
     def llm_totals(self, run: str) -> dict[str, float]:
+        """Calls (what evolver asked for) and requests (HTTP attempts, retries included: what a server saw)."""
         with self._lock:
             r = self._db.execute(
-                "SELECT COUNT(*) AS calls, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
+                "SELECT COUNT(*) AS calls, COALESCE(SUM(attempts), 0) AS requests, "
+                "COALESCE(SUM(error IS NOT NULL), 0) AS failed, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
                 "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost_usd), 0) AS usd "
                 "FROM llm_calls WHERE run=?", (run,)).fetchone()
-        return {"calls": r["calls"], "prompt_tokens": r["prompt_tokens"],
-                "completion_tokens": r["completion_tokens"], "usd": float(r["usd"])}
+        return {"calls": r["calls"], "requests": r["requests"], "failed": r["failed"],
+                "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
+                "usd": float(r["usd"])}

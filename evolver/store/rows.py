@@ -56,7 +56,8 @@ class RunRow:
     evals_used: int
     usd_used: float
     elapsed_s: float
-    stop_reason: str | None
+    stop_reason: str | None  # for people: which limit, what failed
+    stop_kind: str | None = None  # config.STOP_KINDS; None while running, or for a run stopped before schema 5
     evals_reserved: int = 0  # promised to batches in flight (spent, should the process die)
 
 
@@ -103,8 +104,32 @@ class MergeRow:
     parent_b_score: float | None
 
 
+@dataclass(frozen=True)
+class LLMCallRow:
+    """One LLM call (all its HTTP attempts): no key, no header, no prompt text."""
+
+    id: int
+    run: str | None
+    proposal_id: int | None  # the proposal it was made for (None: outside one, or by an older evolver)
+    purpose: str  # propose | repair | merge | merge_repair
+    model: str
+    request_hash: str
+    latency_s: float  # the whole call, retries and waits included
+    attempts: int  # HTTP requests sent (0: a cache hit, or failed before sending)
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    finish_reason: str | None
+    error: str | None  # why the call failed, for people; None when it succeeded
+    error_kind: str | None  # config.LLM_ERROR_KINDS
+    attempt_errors: list[str]  # the error of every failed attempt, in order (a call may succeed after some)
+    cached: bool
+    created_at: float
+
+
 # Fields a caller may change after the row is written; everything else is fixed when it is added.
-RUN_UPDATABLE = frozenset({"state", "iteration", "evals_used", "usd_used", "elapsed_s", "stop_reason", "config"})
+RUN_UPDATABLE = frozenset({"state", "iteration", "evals_used", "usd_used", "elapsed_s", "stop_reason", "stop_kind",
+                           "config"})
 PROPOSAL_UPDATABLE = frozenset({
     "child_sha", "branch", "status", "reason", "detail", "diagnosis", "change", "minibatch", "parent_score",
     "child_score", "val_score", "files", "failure_kinds", "parents", "proposer", "operator"})
@@ -117,6 +142,7 @@ JSON_COLUMNS: Mapping[str, frozenset[str]] = {
     "runs": frozenset({"config"}),
     "proposals": frozenset({"minibatch", "files", "failure_kinds", "parents"}),
     "merges": frozenset({"contributions"}),
+    "llm_calls": frozenset({"attempt_errors"}),
 }
 
 
@@ -137,6 +163,7 @@ _READERS: Mapping[type, Mapping[str, Callable[[Any], Any]]] = {
     ProposalRow: {"minibatch": json.loads, "files": json.loads, "failure_kinds": json.loads,
                   "parents": _json_tuple},
     MergeRow: {"contributions": json.loads},
+    LLMCallRow: {"attempt_errors": json.loads, "cached": bool},
 }
 
 R = TypeVar("R")

@@ -73,6 +73,12 @@ _V4_COLUMNS = (
     ("proposals", "operator", "TEXT NOT NULL DEFAULT ''"),
     ("evaluations", "frames", "TEXT NOT NULL DEFAULT '[]'"),
 )
+_V5_COLUMNS = (
+    ("llm_calls", "error_kind", "TEXT"),
+    ("llm_calls", "attempt_errors", "TEXT NOT NULL DEFAULT '[]'"),
+    ("llm_calls", "cached", "INTEGER NOT NULL DEFAULT 0"),
+    ("runs", "stop_kind", "TEXT"),
+)
 
 
 @contextmanager
@@ -122,6 +128,16 @@ def _reservations(db: sqlite3.Connection) -> None:
     _add_column(db, "runs", "evals_reserved", "INTEGER NOT NULL DEFAULT 0")
 
 
+def _llm_faults(db: sqlite3.Connection) -> None:
+    """What kind of failure an LLM call met and the error of each failed attempt; the kind of a run's stop.
+    Old calls keep no kind (their errors were never classified) and no attempt errors; a call that made no HTTP
+    request and did not fail was a cache hit. Old runs keep their stop text and no kind: it is never guessed
+    back from the text."""
+    for table, column, ddl in _V5_COLUMNS:
+        _add_column(db, table, column, ddl)
+    db.execute("UPDATE llm_calls SET cached = 1 WHERE attempts = 0 AND error IS NULL")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the version the file has once this step is applied
@@ -135,6 +151,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "merges", _statements(_V3_TABLES)),
     Migration(4, "proposal parents, proposer and operator; evaluation traceback frames", _lineage),
     Migration(5, "evaluator calls reserved by batches in flight", _reservations),
+    Migration(6, "LLM calls' error kinds, attempt errors and cache hits; the kind of a run's stop", _llm_faults),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1)), "migrations must go up by one"
