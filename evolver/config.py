@@ -62,7 +62,7 @@ PROPOSAL_STATUSES: Final[tuple[str, ...]] = get_args(ProposalStatus)
 OutcomeReason = Literal[
     "pending", "accepted", "worse", "crashed", "patch_failed", "syntax", "not_mutable", "noop", "truncated",
     "duplicate", "llm_error", "interrupted", "conflict_unresolved", "merge_error", "failed", "budget",
-    "evaluator_error",
+    "evaluator_error", "sandbox_error",
 ]
 OUTCOME_REASONS: Final[tuple[str, ...]] = get_args(OutcomeReason)
 # Reasons of a working proposal that lost (not a failure to produce an evaluable child).
@@ -150,6 +150,7 @@ class Defaults:
     # stopping
     failing_streak_warning: Final = 5  # proposals in a row without an evaluable child: say so
     llm_error_streak_stop: Final = 3  # LLM failures in a row (after retries): stop the run
+    sandbox_error_streak_stop: Final = 3  # evaluations in a row the sandbox itself failed: stop the run
     nothing_new_stop: Final = 30  # proposals in a row that changed nothing or repeated a candidate: stop the run
 
 

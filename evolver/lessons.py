@@ -39,6 +39,7 @@ class Lesson:
     judged_on: str = ""  # what `delta` sums over: "minibatch" (train instances) or "subsample" (validation)
     deltas: dict[str, float] = field(default_factory=dict)  # per judged instance: child minus parent
     diff: str = ""  # the change as a short unified diff of the mutable files
+    proposal_id: int | None = None  # the proposal it is the lesson of (None in lessons written before it was kept)
 
 
 class LessonLog:

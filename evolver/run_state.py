@@ -116,6 +116,7 @@ class RunState:
     proposals: tuple[ProposalRow, ...]
     merges: tuple[MergeRow, ...]
     llm: Mapping[str, float]
+    eval_key: str = ""  # what the run's results are stored under (the engine's evaluator)
 
     def label(self, sha: str) -> str:
         return self.labels.get(sha, sha[:10])
@@ -203,9 +204,15 @@ def read_state(run_dir: str | Path) -> RunState:
         state = "interrupted" if row.state == "running" and not held(path) else row.state
         return RunState(name=row.name, path=path, run=row, state=state, task=task, seed=seed, standings=standings,
                         labels=labels, branches=branches, proposals=proposals,
-                        merges=tuple(store.merges(row.name)), llm=store.llm_totals(row.name))
+                        merges=tuple(store.merges(row.name)), llm=store.llm_totals(row.name), eval_key=key)
     finally:
         store.close()
+
+
+def stored_scores(state: RunState, store: Store, tree: str, ids: Sequence[str]) -> dict[str, float]:
+    """A candidate's stored scores (first repeat) on some instances, under the run's evaluator key: for showing
+    a proposal's minibatch, never for deciding anything."""
+    return {i: r.score for (i, rep), r in store.cached(state.eval_key, tree, ids).items() if rep == 0}
 
 
 def merge_summary(state: RunState) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import UserInputError
 from .repo import RunRepo, seed_branch
-from .run_state import RunState, eval_key, merge_summary, read_state
+from .run_state import RunState, merge_summary, read_state, stored_scores
 from .store import LLMCallRow, ProposalRow, Store
 
 
@@ -116,12 +116,10 @@ def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
     if p is not None:
         store = Store(state.path / "run.db", readonly=True)
         try:
-            key = eval_key(state.run, state.task, store, repo.tree_sha(state.seed))
-            rows = store.cached(key, repo.tree_sha(sha), p.minibatch)
+            mini = stored_scores(state, store, repo.tree_sha(sha), p.minibatch)
             calls = [_llm_call_view(c) for c in store.llm_calls(state.name, p.id)]
         finally:
             store.close()
-        mini = {i: r.score for (i, _), r in rows.items()}
     return {
         "candidate": ident, "sha": sha, "branch": p.branch if p else seed_branch(state.name), "parent": parent,
         "kind": info.kind, "status": p.status if p else "seed", "reason": p.reason if p else None,

@@ -12,7 +12,7 @@ LAYERS = [
     {"config", "errors", "run_lock"},
     {"registry", "task_kinds", "task", "store", "repo", "credentials", "llm", "patch_parsing", "patches", "sandbox"},
     {"evaluation", "function_eval"},
-    {"frontier", "evidence", "lessons", "run_state"},
+    {"frontier", "evidence", "lessons", "run_state", "hunks"},
     {"proposers"},
     {"engine"},
     {"runs", "views", "eval_report", "init_task"},

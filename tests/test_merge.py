@@ -20,13 +20,9 @@ from evolver.engine.loop import LoopConfig
 from evolver.engine.merge_schedule import choose_pair, merges_due, stratified_subsample
 from evolver.evidence import gather
 from evolver.frontier import CandidateScores
+from evolver.hunks import overlapping_hunks
 from evolver.proposers.base import ParentInfo, ProposalContext
-from evolver.proposers.merge import (
-    MergeProposer,
-    ScoreResolver,
-    overlapping_hunks,
-    three_way,
-)
+from evolver.proposers.merge import MergeProposer, ScoreResolver, three_way
 from evolver.repo import RunRepo
 from evolver.runs import ModelConfig, resume_run, start_run
 from evolver.store import SCHEMA_VERSION, Store

@@ -170,3 +170,67 @@ def test_an_evaluator_failing_later_stops_the_run_after_that_batch(tmp_path: Pat
     db = sqlite3.connect(tmp_path / "run" / "run.db")
     assert db.execute("SELECT evals_used FROM runs").fetchone()[0] == 3  # the seed's validation and that batch
     assert db.execute("SELECT COUNT(*) FROM proposals").fetchone()[0] == 0
+
+
+def test_a_lesson_lost_to_a_kill_is_written_on_resume(tmp_path: Path) -> None:
+    kit = make_engine(tmp_path, Scripted([set_constant("WEIGHT", 2.0), set_constant("BIAS", 1.0)]),
+                      examples=EXAMPLES, val=["v1", "v2"], budget=Budget(max_iterations=2),
+                      loop=LoopConfig(minibatch=2, merge=False))
+    kit.engine.start(kit.seed)
+    kit.engine.run()
+    fn = kit.engine.evaluator.fn
+    kit.close()
+    log = kit.run_dir / "lessons.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:-1]) + "\n")  # killed after the outcome was stored, before its lesson
+    from evolver.function_eval import FunctionEvaluator
+    from evolver.runs import resume_run
+
+    resume_run(kit.run_dir, make_evaluator=lambda t, s: FunctionEvaluator(fn, EXAMPLES, s, t.digest, None))
+    again = [json.loads(x) for x in log.read_text().splitlines()]
+    assert sorted(x["proposal_id"] for x in again) == [1, 2]
+
+
+class FlakySandbox:
+    """The function evaluator behind a sandbox that fails (sandbox_error, never stored) on chosen calls."""
+
+    def __init__(self, inner, fail_calls: set[int]) -> None:
+        self.inner, self.fail_calls, self.calls = inner, fail_calls, 0
+        self.cache_key = inner.cache_key
+
+    def missing(self, candidate, instances):
+        return self.inner.missing(candidate, instances)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def evaluate(self, candidate, instances, **kw):
+        from dataclasses import replace
+
+        if not self.inner.missing(candidate, [i for i, _ in instances]):
+            return self.inner.evaluate(candidate, instances, **kw)  # served from the store: no sandbox involved
+        self.calls += 1
+        if self.calls not in self.fail_calls:
+            return self.inner.evaluate(candidate, instances, **kw)
+        return [replace(r, status="sandbox_error", score=0.0, feedback="The sandbox failed: engine gone", ran=1,
+                        cached=False) for r in self.inner.evaluate(candidate, instances, use_cache=False)]
+
+
+def test_a_sandbox_failure_is_no_verdict_and_repeated_ones_stop_the_run(tmp_path: Path) -> None:
+    kit = make_engine(tmp_path, Scripted([set_constant("WEIGHT", 2.0 + k / 10) for k in range(10)]),
+                      examples=EXAMPLES, val=["v1", "v2"], budget=Budget(max_iterations=10),
+                      loop=LoopConfig(minibatch=2, merge=False))
+    # sandbox call 1: the seed's validation; 2: its minibatch; 3, 4, 5: the children's minibatches (all fail)
+    kit.engine.evaluator = kit.engine.meter.evaluator = FlakySandbox(kit.engine.evaluator, set(range(3, 50)))
+    kit.engine.start(kit.seed)
+    reason = kit.engine.run()
+    kit.close()
+    rows = outcomes_of(kit.run_dir)
+    assert rows == [("failed", "sandbox_error")] * 3  # not "worse": the children were never measured
+    assert reason.kind == "error" and "the sandbox failed 3 times in a row" in reason.message, reason
+    assert status(kit.run_dir)["candidates"][0]["candidate"] == "seed"
+
+
+def outcomes_of(run_dir: Path) -> list[tuple[str, str]]:
+    db = sqlite3.connect(run_dir / "run.db")
+    return db.execute("SELECT status, reason FROM proposals ORDER BY id").fetchall()

@@ -20,6 +20,8 @@ from .merge_schedule import ancestors
 from .plans import Plan, moved_instances
 
 HISTORY_SHOWN = 6  # a merge parent's accepted changes since the base
+# Outcomes that say nothing about the change itself (it was never judged): not shown as "already tried".
+NOT_TRIED = frozenset({"interrupted", "budget", "llm_error", "evaluator_error", "sandbox_error"})
 
 
 DIFF_CHARS = 500  # a lesson's change as a diff: enough to see what was written, not a whole file
@@ -31,7 +33,7 @@ def lesson_of(p: ProposalRow, task: str, outcome: str, reason: str, delta: float
                   files=tuple(p.files), failure_kinds=tuple(p.failure_kinds), diagnosis=p.diagnosis,
                   change=p.change, outcome=outcome, reason=reason, delta=delta,
                   kind=MERGE_KIND if p.kind == MERGE_KIND else "mutation", proposer=p.proposer, operator=p.operator,
-                  **more)
+                  proposal_id=p.id, **more)
 
 
 def short_diff(diff: str, limit: int = DIFF_CHARS) -> str:
@@ -88,8 +90,8 @@ class ContextBuilder:
         return {i: r.score for (i, rep), r in rows.items() if rep == 0}
 
     def _tried(self, parent: str) -> tuple[TriedAttempt, ...]:
-        rows = [p for p in self.store.proposals(self.run, parent_sha=parent)
-                if p.status in ("rejected", "failed") and p.kind != MERGE_KIND][-self.tried_shown:]
+        rows = [p for p in self.store.proposals(self.run, parent_sha=parent) if p.status in ("rejected", "failed")
+                and p.kind != MERGE_KIND and p.reason not in NOT_TRIED][-self.tried_shown:]
         out = []
         for p in rows:
             before, after = self._scores(parent, p.minibatch), self._scores(p.child_sha, p.minibatch)

@@ -16,14 +16,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
-from ..config import FAILED_STATUSES, LOST_REASONS, Defaults
+from ..config import FAILED_STATUSES
 from ..errors import EvolverError
 from ..evaluation import CandidateEvaluator, CandidateRef, InstanceResult
 from ..evidence import condense
+from ..hunks import overlapping_hunks
 from ..lessons import LessonLog
 from ..proposers.base import MergeRecord, Proposal, Proposer
 from ..repo import RunRepo, candidate_branch
@@ -31,42 +30,17 @@ from ..run_state import Standings, accepted_order, validation_ids
 from ..store import ProposalRow, Store
 from ..task import Task
 from . import checks
-from .budget import Budget, StopReason, Usage, budget_advice, evals_exhausted, stop_reason
+from .budget import Budget, StopReason, Usage, budget_advice, stop_reason
 from .context import ContextBuilder
+from .faults import BudgetTooSmall, EvaluatorFault, evaluator_fault
+from .meter import Meter
 from .plans import MergePlanner, Plan, mutation_plan, plan_of
+from .records import Event, LoopConfig, current_proposal
+from .streaks import Streaks
 
-# The proposal the current thread is asking its proposer for (None outside a proposal). Set by the engine around
-# `propose`, so whatever records an LLM call made in that thread (with --workers N, each worker thread sets its
-# own) links the call to its proposal without the proposers passing ids around.
-current_proposal: ContextVar[int | None] = ContextVar("evolver_current_proposal", default=None)
+WORKER_JOIN_S = 10.0  # how long Ctrl-C waits for iterations in flight before the run's resources are closed
 
-
-@dataclass(frozen=True)
-class LoopConfig:
-    minibatch: int = Defaults.minibatch
-    accept: str = Defaults.accept  # strict: child sum > parent sum; ties: >=
-    frontier: str = Defaults.frontier
-    seed: int = Defaults.seed_rng
-    workers: int = Defaults.workers  # iterations in flight at once (proposals and their evaluations)
-    tried_shown: int = Defaults.tried_shown
-    merge: bool = Defaults.merge  # merge two frontier candidates now and then (GEPA's schedule)
-    max_merges: int = Defaults.max_merges  # merge attempts over the run
-    merge_subsample: int = Defaults.merge_subsample  # validation instances a merged candidate is first judged on
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class Event:
-    """What the live view shows after each step."""
-
-    kind: str  # iteration | warning | stopped
-    iteration: int
-    message: str
-    usage: Usage
-    frontier_size: int = 0
-    best: dict[str, float | None] | None = None
+__all__ = ["BudgetTooSmall", "Engine", "EvaluatorFault", "Event", "LoopConfig", "current_proposal"]
 
 
 class Engine:
@@ -76,7 +50,7 @@ class Engine:
                  merger: Proposer | None = None):
         self.task, self.run_name, self.repo, self.store = task, run, repo, store
         self.evaluator, self.proposer, self.lessons, self.merger = evaluator, proposer, lessons, merger
-        self.budget, self.config, self.on_event, self.usd_spent = budget, config, on_event, usd_spent
+        self.budget, self.config, self.on_event = budget, config, on_event
         self.train = [i for i in (task.instances.train if task.instances else ())]
         if not self.train:
             raise EvolverError("an evolution run needs instances: a train split (and a val split to generalise)")
@@ -87,7 +61,6 @@ class Engine:
         assert row is not None, "create the run in the store first"
         # Views read the run's results under the key they were stored with: this evaluator's.
         store.update_run(run, config={**row.config, "eval_key": evaluator.cache_key})
-        self.usage = Usage(evals=row.evals_used, usd=row.usd_used, seconds=row.elapsed_s, iterations=row.iteration)
         self.standings = Standings(self.val, task.objectives, config.frontier)
         candidates = store.candidates(run)
         self._trees: dict[str, str] = {c.sha: c.tree for c in candidates}  # commits never change
@@ -101,17 +74,13 @@ class Engine:
             overlap=self._overlap) if merger is not None and config.merge else None
         self.contexts = ContextBuilder(task, run, repo, store, lessons, self.standings, self.label, parents,
                                        config.tried_shown, evaluator.cache_key)
-        self.failing_streak = 0
-        self.llm_error_streak = 0  # LLM calls that failed after all retries, in a row
-        self._last_llm_error = ""  # the latest of them, for the message of the stop they cause
-        # Proposals in a row that cost nothing and found nothing (no-ops, duplicates): a proposer that has run out
-        # of new ideas (the builtin one on a small program) would otherwise iterate for ever.
-        self.nothing_new_streak = 0
-        self._clock = time.monotonic()
+        self.streaks = Streaks()
         # Guards the engine's state (usage, standings, known trees) when several iterations run at once; LLM
         # calls and evaluations run outside it. The store and the repo are safe to use concurrently.
         self._lock = threading.RLock()
-        self._reserved = 0  # evaluator calls promised to batches in flight, so parallel batches never overshoot
+        self.meter = Meter(run=run, store=store, evaluator=evaluator, budget=budget, lock=self._lock,
+                           usage=Usage(evals=row.evals_used, usd=row.usd_used, seconds=row.elapsed_s,
+                                       iterations=row.iteration), usd_spent=usd_spent)
         self._stopping: StopReason | None = None
         self._error: BaseException | None = None
 
@@ -120,8 +89,6 @@ class Engine:
         return self._labels.get(sha, sha[:10])
 
     def _overlap(self, a: str, b: str, base: str) -> int:
-        from ..proposers.merge import overlapping_hunks
-
         # Over the mutable files only: a seed may hold large data files no mutation touches.
         files = [{p: d for p, d in self.repo.read_files(s).items() if self.task.is_mutable(p)} for s in (base, a, b)]
         return overlapping_hunks(*files)
@@ -132,26 +99,21 @@ class Engine:
             tree = self._trees[sha] = self.repo.tree_sha(sha)
         return CandidateRef(sha=sha, tree=tree, archive=lambda: self.repo.archive(sha))
 
+    @property
+    def usage(self) -> Usage:
+        return self.meter.usage
+
+    @usage.setter
+    def usage(self, value: Usage) -> None:
+        self.meter.usage = value
+
     def save_progress(self) -> None:
         """Write the usage counters to the store (also called by the driver on Ctrl-C)."""
         with self._lock:
-            self._tick_locked()
-
-    def _tick_locked(self) -> None:
-        now = time.monotonic()
-        self.usage = replace(self.usage, seconds=self.usage.seconds + (now - self._clock), usd=self.usd_spent())
-        self._clock = now
-        self.store.update_run(self.run_name, iteration=self.usage.iterations, evals_used=self.usage.evals,
-                              usd_used=self.usage.usd, elapsed_s=self.usage.seconds)
+            self.meter.tick()
 
     def time_left(self) -> float | None:
-        """Seconds left in the run's time budget (None: it has none), counted like `usage.seconds`: what
-        bounds every LLM call, so a hanging server cannot hold the run past its budget."""
-        if self.budget.max_seconds is None:
-            return None
-        with self._lock:
-            used = self.usage.seconds + (time.monotonic() - self._clock)
-        return self.budget.max_seconds - used
+        return self.meter.time_left()
 
     def stop(self, reason: StopReason) -> None:
         """Stop the run after the iterations in flight (the first reason given wins); thread-safe."""
@@ -159,51 +121,22 @@ class Engine:
             self._stopping = self._stopping or reason
 
     def _evaluate(self, sha: str, ids: Sequence[str], split: str, seed: bool = False) -> list[InstanceResult] | None:
-        """Results, or None when the budget does not allow the evaluator calls this needs.
-
-        The calls are reserved in the store before the batch starts and settled with the calls made once it
-        returns: a process killed in between leaves them reserved, and the next start counts them as spent.
-        A result the task's evaluator failed on (not the candidate) stops the run: see `_check_evaluator`."""
-        ref = self._ref(sha)
+        """Results, or None when the budget does not allow the evaluator calls this needs. A result the task's
+        evaluator failed on (not the candidate) stops the run (`faults.evaluator_fault`)."""
+        results = self.meter.evaluate(self._ref(sha), ids, split)
+        if results is None:
+            return None
+        fault = evaluator_fault(results, split, seed)
+        if fault is not None:
+            raise fault
         with self._lock:
-            missing = self.evaluator.missing(ref, ids)
-            self._tick_locked()
-            if evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved), missing):
-                return None
-            if missing:
-                self.store.reserve_evals(self.run_name, missing)
-            self._reserved += missing
-        made = 0
-        try:
-            results = self.evaluator.evaluate(ref, [(i, split) for i in ids])
-            made = sum(r.ran for r in results)
-        finally:
-            with self._lock:
-                self._reserved -= missing
-                if missing:  # a batch that raised (Ctrl-C, an engine failure) may have run: count it as spent
-                    self.usage = replace(self.usage, evals=self.usage.evals + (made if made else missing))
-                    self.store.settle_evals(self.run_name, missing, self.usage.evals)
-                self._tick_locked()
-        self._check_evaluator(results, split, seed)
+            trouble = self.streaks.sandbox(results)
+        if trouble is not None:
+            self.stop(trouble)
         return results
 
-    def _check_evaluator(self, results: Sequence[InstanceResult], split: str, seed: bool = False) -> None:
-        """The task's evaluator failed (prepare or judge raised, a malformed result): its author's bug, which no
-        candidate can fix; every further call would be spent on it. Stop with its traceback."""
-        fatal = ("evaluator_error", "sandbox_error") if seed else ("evaluator_error",)
-        bad = [r for r in results if r.status in fatal]
-        if bad:
-            first = bad[0]
-            names = ", ".join(r.instance for r in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise EvaluatorFault(first.status, f"the task's evaluator failed on {len(bad)} {split} instance(s) "
-                                 f"({names}); fix the task (its files are unchanged for this run: start a new "
-                                 f"run once fixed). {first.status} on {first.instance}:\n{first.feedback[-2500:]}")
-
     def _budget_stop(self, needed: int) -> StopReason:
-        with self._lock:
-            used = replace(self.usage, evals=self.usage.evals + self._reserved)
-            return StopReason("budget", evals_exhausted(self.budget, used, needed) or (
-                f"evaluator-call budget: {self.usage.evals} used of {self.budget.max_evals}"))
+        return self.meter.budget_stop(needed)
 
     def _emit(self, kind: str, message: str) -> None:
         if self.on_event is None:
@@ -229,8 +162,9 @@ class Engine:
             self._emit("warning", advice)
         accepted = accepted_order(seed_sha, self.store.proposals(self.run_name))
         for sha, order in accepted:
-            # The seed first: an evaluator or sandbox that cannot score it stops the run before any proposal.
-            results = self._evaluate(sha, self.val, "val", seed=sha == seed_sha)
+            # The seed first: an evaluator or sandbox that cannot score it (or a candidate already accepted) stops
+            # the run before any proposal.
+            results = self._evaluate(sha, self.val, "val", seed=True)
             if results is None:
                 missing = sum(self.evaluator.missing(self._ref(s), self.val) for s, _ in accepted)
                 what = "the seed" if len(accepted) == 1 else f"the {len(accepted)} accepted candidates (seed included)"
@@ -239,9 +173,23 @@ class Engine:
                                      f"{self.budget.max_evals}); give a larger --budget-evals")
             self.standings.add(sha, results, order)
         unfinished = self.store.proposals(self.run_name, status="pending") + [
-            p for p in self.store.proposals(self.run_name, status="failed") if p.reason == "budget" and p.child_sha]
+            p for p in self.store.proposals(self.run_name, status="failed")
+            if p.reason in ("budget", "sandbox_error") and p.child_sha]
         for p in sorted(unfinished, key=lambda p: p.id):
             self._finish_pending(p)
+        self._teach_missing_lessons()
+
+    def _teach_missing_lessons(self) -> None:
+        """A kill between a proposal's outcome and its lesson line leaves a proposal the log does not know:
+        write those lessons now (runs whose log predates proposal ids in lessons are left as they are)."""
+        ours = [x for x in self.lessons.load(self.task.name) if x.run == self.run_name]
+        if any(x.proposal_id is None for x in ours):
+            return
+        taught = {x.proposal_id for x in ours}
+        outcome = {"accepted": "accepted", "rejected": "rejected", "failed": "failed"}
+        for p in self.store.proposals(self.run_name):
+            if p.status in outcome and p.id not in taught:
+                self._lesson(p, outcome[p.status], p.reason, None)
 
     def run(self) -> StopReason:
         """Iterate until a budget or stopping rule says stop (with `workers` iterations in flight); returns why."""
@@ -259,6 +207,11 @@ class Engine:
                         t.join(0.2)
             except BaseException:
                 self.stop(StopReason("interrupted", "interrupted"))
+                # Let the iterations in flight see the stop before the caller closes the evaluator and the
+                # store under them (bounded: an LLM call or an evaluation may not end soon).
+                deadline = time.monotonic() + WORKER_JOIN_S
+                for t in threads:
+                    t.join(max(0.0, deadline - time.monotonic()))
                 raise
         if self._error is not None:
             raise self._error
@@ -273,19 +226,9 @@ class Engine:
         """The next iteration's number, or None when the run must stop (the reason is in _stopping)."""
         with self._lock:
             if self._stopping is None:
-                reason = stop_reason(self.budget, self.usage)
-                if reason is None and self.llm_error_streak >= Defaults.llm_error_streak_stop:
-                    reason = StopReason("llm_failure", f"the LLM failed {self.llm_error_streak} times in a row after "
-                                                       f"retries (the last time: {self._last_llm_error}); check the "
-                                                       "model and its server")
-                if reason is None and self.nothing_new_streak >= Defaults.nothing_new_stop:
-                    reason = StopReason("nothing_new", f"nothing new: the last {self.nothing_new_streak} proposals "
-                                        "changed nothing or repeated a candidate (the proposer has run out of ideas "
-                                        "for this program)")
+                reason = stop_reason(self.budget, self.usage) or self.streaks.stop()
                 if reason is None:  # an iteration that could not even evaluate a child is not started (nor counted)
-                    smallest = min(self.config.minibatch, len(self.train)) * self.task.repeats
-                    short = evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved),
-                                            smallest)
+                    short = self.meter.short(min(self.config.minibatch, len(self.train)) * self.task.repeats)
                     reason = StopReason("budget", short) if short else None
                 self._stopping = reason
             if self._stopping is not None:
@@ -328,16 +271,14 @@ class Engine:
             if got is None:
                 return self._budget_stop(len(plan.instances))
             parent_results = got
+            if any(r.status == "sandbox_error" for r in parent_results):
+                return None  # no proposal on an unmeasured baseline (the streak stops a run whose sandbox broke)
             plan = replace(plan, baseline=sum(r.score for r in parent_results))
         # No proposal (and no paid LLM call) that the budget could not evaluate: the child's calls are held for it
         # (in memory) from here until its evaluation reserves them, so iterations in flight cannot all pass.
-        needed = len(plan.instances) * self.task.repeats
-        with self._lock:
-            short = evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self._reserved), needed)
-            if short:
-                return StopReason("budget", short)
-            self._reserved += needed
-        held = [needed]
+        held = self.meter.hold(len(plan.instances) * self.task.repeats)
+        if isinstance(held, StopReason):
+            return held
         try:
             pid = self.store.add_proposal(self.run_name, it, plan.kind, plan.parents[0], list(plan.instances),
                                           plan.baseline, parents=plan.parents, proposer=proposer.name)
@@ -348,13 +289,7 @@ class Engine:
                 self._lesson(self._proposal(pid), "failed", "evaluator_error", None)
                 raise
         finally:
-            self._release(held)
-
-    def _release(self, held: list[int]) -> None:
-        """Give back calls held for a child (once: the holder may have released them already)."""
-        with self._lock:
-            self._reserved -= held[0]
-            held[0] = 0
+            self.meter.release(held)
 
     def _propose_and_land(self, pid: int, it: int, plan: Plan, proposer: Proposer, rng: random.Random,
                           parent_results: Sequence[InstanceResult], held: list[int]) -> StopReason | None:
@@ -414,8 +349,10 @@ class Engine:
         child = self.repo.commit_tree(tree, plan.parents, subject=subject, kind=plan.kind, body=body,
                                       run=self.run_name)
         self._trees[child] = tree
-        self.repo.set_branch(branch, child)
+        # The candidate row before the branch: a kill between them leaves a row that resume adopts (and makes
+        # the branch of), never a branch nothing knows about.
         self.store.record_candidate(self.run_name, child, tree, branch, plan.parents, plan.kind)
+        self.repo.set_branch(branch, child)
         with self._lock:
             self._labels[child] = f"c{pid}"
             self.contexts.parents[child] = plan.parents  # type: ignore[index]
@@ -425,7 +362,7 @@ class Engine:
                                    change=proposal.change, operator=proposal.operator,
                                    files=sorted(proposal.changes), failure_kinds=failure_kinds)
         if held is not None:
-            self._release(held)  # the child's evaluation reserves its calls itself
+            self.meter.release(held)  # the child's evaluation reserves its calls itself
         return self._judge(self._proposal(pid), plan)
 
     def _proposal(self, pid: int) -> ProposalRow:
@@ -445,6 +382,7 @@ class Engine:
                                            detail="the run stopped before the child was committed")
                 self._lesson(self._proposal(p.id), "failed", "interrupted", None)
                 return
+            self.repo.set_branch(branch, orphan.sha)  # it may have been killed before the branch was made
             self.store.update_proposal(p.id, child_sha=orphan.sha, branch=branch)
             p = replace(p, child_sha=orphan.sha, branch=branch)
             self._labels[orphan.sha] = f"c{p.id}"
@@ -463,6 +401,9 @@ class Engine:
             why = self._budget_stop(len(plan.instances))
             self._out_of_budget(p, f"not evaluated: {why.message}")
             return why
+        if any(r.status == "sandbox_error" for r in child_results):
+            self._not_judged(p, child_results)
+            return None
         child_sum = sum(r.score for r in child_results)
         crashed = all(r.status in FAILED_STATUSES for r in child_results)
         better = child_sum > plan.baseline or (plan.at_least and child_sum >= plan.baseline)
@@ -482,9 +423,19 @@ class Engine:
             why = self._budget_stop(len(self.val))
             self._out_of_budget(p, f"accepted on the {versus}; validation not run: {why.message}", child_sum)
             return why
+        if any(r.status == "sandbox_error" for r in val_results):
+            self._not_judged(p, val_results)
+            return None
         with self._lock:
             self._accept(p, plan, val_results, child_sum, versus)
         return None
+
+    def _not_judged(self, p: ProposalRow, results: Sequence[InstanceResult]) -> None:
+        """The sandbox failed on the child (not the child's fault, never cached): no verdict on it now; the
+        outcome `sandbox_error` is judged again by the next start, like `budget`."""
+        detail = condense([r for r in results if r.status == "sandbox_error"], budget=1500)
+        self.store.update_proposal(p.id, status="failed", reason="sandbox_error", detail=detail)
+        self._lesson(self._proposal(p.id), "failed", "sandbox_error", None)
 
     def _out_of_budget(self, p: ProposalRow, detail: str, child_score: float | None = None) -> None:
         """A committed child the budget cannot judge: its outcome is `budget` (with its lesson), and `resume` with
@@ -506,7 +457,7 @@ class Engine:
         improved = self.standings.improves_on(p.child_sha, before)
         self.usage = replace(self.usage, best_score=max(val_score, self.usage.best_score or float("-inf")),
                              since_improvement=0 if improved else self.usage.since_improvement + 1)
-        self.failing_streak = self.nothing_new_streak = 0
+        self.streaks.accepted()
         if self.planner is not None:
             self.planner.accepted(plan)  # each accepted mutation schedules one merge attempt
         self._emit("iteration", f"c{p.id} accepted: {versus}, val {val_score:.4g}")
@@ -515,12 +466,11 @@ class Engine:
         self._lesson(p, "failed", failure, None)
         with self._lock:
             if failure == "llm_error":
-                self._last_llm_error = detail.splitlines()[0] if detail else "no detail"
+                self.streaks.llm_failed(detail, plan.is_merge)
             if plan.is_merge and failure == "llm_error" and self.planner is not None:
                 # An LLM outage says nothing about the pair: it stays eligible and the attempt is not counted,
                 # but the failure counts towards the streak that stops a run whose LLM keeps failing.
                 self.planner.release(plan)
-                self.llm_error_streak += 1
             else:
                 self._count(plan, failure)
         what = "merge" if plan.is_merge else "proposal"
@@ -529,30 +479,9 @@ class Engine:
     def _count(self, plan: Plan, reason: str) -> None:
         """Streaks and patience after an outcome that was not an acceptance (called under the lock)."""
         self.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
-        self.nothing_new_streak = self.nothing_new_streak + 1 if reason in ("noop", "duplicate") else 0
-        if plan.is_merge:
-            return  # a merge that produced nothing better: patience counts it, the failing-proposals warning not
-        self.llm_error_streak = self.llm_error_streak + 1 if reason == "llm_error" else 0
-        # A worse or duplicate child is a working proposal that lost; the warning is for proposals that yield
-        # nothing evaluable (edits that do not apply, no-ops, LLM errors, children that crash).
-        self.failing_streak = 0 if reason in LOST_REASONS else self.failing_streak + 1
-        if self.failing_streak == Defaults.failing_streak_warning:
-            self._emit("warning", f"the last {Defaults.failing_streak_warning} proposals all failed to give a "
-                                  f"working child (latest: {reason}); check the model, the task's feedback, or "
-                                  "`evolver show` of a failed one")
+        warning = self.streaks.outcome(reason, plan.is_merge)  # patience counts a merge, the warning does not
+        if warning:
+            self._emit("warning", warning)
 
     def _lesson(self, p: ProposalRow, outcome: str, reason: str, delta: float | None) -> None:
         self.lessons.append(self.contexts.lesson(p, outcome, reason, delta))
-
-
-class EvaluatorFault(EvolverError):
-    """The task's evaluator (or, for the seed, the sandbox) failed: not something a candidate can fix."""
-
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.exit_code = 2 if status == "evaluator_error" else 1  # the task's code: bad input; the sandbox: not
-
-
-class BudgetTooSmall(EvolverError):
-    """The budget cannot even pay for the seed's validation evaluation."""

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import libcst
 
 from ..config import MERGE_KIND
+from ..hunks import changed_ranges, text_of, touch
 from ..llm import LLM, LLMError
 from ..patch_parsing import parse_reply
 from ..patches import truncated
@@ -102,48 +103,12 @@ class ConflictResolver(Protocol):
 
 
 # -- the 3-way merge --------------------------------------------------------------------------------------
-def _text(data: bytes | None) -> str | None:
-    if data is None or b"\0" in data:  # git merge-file refuses NUL bytes: such a file is merged as binary
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def changed_ranges(base: str, side: str) -> list[tuple[int, int]]:
-    """Line ranges [start, end) of the base that `side` changed (an insertion is an empty range)."""
-    matcher = difflib.SequenceMatcher(None, base.splitlines(), side.splitlines(), autojunk=False)
-    return [(i1, i2) for tag, i1, i2, _, _ in matcher.get_opcodes() if tag != "equal"]
-
-
-def _touch(r: tuple[int, int], s: tuple[int, int]) -> bool:
-    """git merges two changes cleanly only when unchanged lines separate them: touching counts as overlap."""
-    return r[0] <= s[1] and s[0] <= r[1]
-
-
-def overlapping_hunks(base: Mapping[str, bytes], a: Mapping[str, bytes], b: Mapping[str, bytes]) -> int:
-    """How many hunks of A's diff against the base touch a hunk of B's (0: the diffs merge cleanly)."""
-    count = 0
-    for path in set(a) | set(b) | set(base):
-        b0, fa, fb = base.get(path), a.get(path), b.get(path)
-        if fa in (b0, fb) or fb == b0:
-            continue
-        t0, ta, tb = _text(b0) or "", _text(fa), _text(fb)
-        if ta is None or tb is None:
-            count += 1
-            continue
-        hb = changed_ranges(t0, tb)
-        count += sum(any(_touch(r, s) for s in hb) for r in changed_ranges(t0, ta))
-    return count
-
-
 def _hunk_notes(path: str, base: str, side: str, source: str, skip: Sequence[tuple[int, int]]) -> list[dict]:
     notes = []
     matcher = difflib.SequenceMatcher(None, base.splitlines(), side.splitlines(), autojunk=False)
     new_lines = side.splitlines()
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal" or any(_touch((i1, i2), s) for s in skip):
+        if tag == "equal" or any(touch((i1, i2), s) for s in skip):
             continue
         first = next((ln.strip() for ln in new_lines[j1:j2] if ln.strip()), "(lines removed)")
         notes.append({"path": path, "from": source, "base_lines": [i1 + 1, i2], "text": first[:80]})
@@ -218,14 +183,14 @@ def three_way(base: Mapping[str, bytes], a: Mapping[str, bytes], b: Mapping[str,
             source, content = ("b", fb) if fa == b0 else ("a", fa)
             if source == "b":
                 changes[path] = fb
-            t0, ts = _text(b0), _text(content)
+            t0, ts = text_of(b0), text_of(content)
             if t0 is not None and ts is not None:
                 notes += _hunk_notes(path, t0, ts, source, ())
             else:
                 notes.append({"path": path, "from": source, "text": "whole file" if content is not None
                               else "deleted"})
             continue
-        t0, ta, tb = (_text(b0) if b0 is not None else ""), _text(fa), _text(fb)
+        t0, ta, tb = (text_of(b0) if b0 is not None else ""), text_of(fa), text_of(fb)
         if t0 is None or ta is None or tb is None:
             conflicted[path] = FileMerge(path, (Conflict(index, path, t0 or "", ta or "", tb or "",
                                                          whole_file=True),), {"a": fa, "b": fb})
