@@ -60,13 +60,13 @@ ProposalStatus = Literal["pending", "accepted", "rejected", "failed"]
 PROPOSAL_STATUSES: Final[tuple[str, ...]] = get_args(ProposalStatus)
 # Why a proposal ended as it did (the `reason` of its row and of its lesson).
 OutcomeReason = Literal[
-    "pending", "accepted", "worse", "crashed", "patch_failed", "syntax", "not_mutable", "noop", "truncated",
+    "pending", "accepted", "worse", "tie", "crashed", "patch_failed", "syntax", "not_mutable", "noop", "truncated",
     "duplicate", "llm_error", "interrupted", "conflict_unresolved", "merge_error", "failed", "budget",
     "evaluator_error", "sandbox_error",
 ]
 OUTCOME_REASONS: Final[tuple[str, ...]] = get_args(OutcomeReason)
 # Reasons of a working proposal that lost (not a failure to produce an evaluable child).
-LOST_REASONS: Final = frozenset({"worse", "duplicate"})
+LOST_REASONS: Final = frozenset({"worse", "tie", "duplicate"})
 MERGE_KIND: Final = "merge"  # the kind of proposal (and commit) a merge makes
 SEED_KIND: Final = "seed"
 

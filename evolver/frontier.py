@@ -81,6 +81,15 @@ def _prune_dominated(order: Sequence[str], best_on: Mapping[str, frozenset[str]]
     return [c for c in order if c in alive]
 
 
+def informative(cands: Sequence[CandidateScores], best_on: Mapping[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+    """The instances that tell candidates apart: where not every candidate with a valid score ties for the best.
+    An instance every policy solves alike carries no weight in parent sampling (else the seed stays a favourite
+    for being "best" on them); when no instance tells them apart yet (the seed alone), all count."""
+    scored = {i: sum(_value(c.per_instance.get(i)) is not None for c in cands) for i in best_on}
+    telling = {i: s for i, s in best_on.items() if len(s) < scored[i]}
+    return telling or dict(best_on)
+
+
 def _dominates(a: Mapping[str, float | None], b: Mapping[str, float | None], directions: Mapping[str, str]) -> bool:
     better = False
     for name, direction in directions.items():
@@ -118,8 +127,9 @@ def build_frontier(cands: Sequence[CandidateScores], instances: Sequence[str], d
     best_on = best_per_instance(cands, instances)
     weight: dict[str, float] = {}
     if mode in ("instance", "hybrid"):
-        for c in _prune_dominated(order, best_on):
-            weight[c] = float(sum(c in s for s in best_on.values()))
+        telling = informative(cands, best_on)
+        for c in _prune_dominated(order, telling):
+            weight[c] = float(sum(c in s for s in telling.values()))
     if mode in ("objective", "hybrid"):
         for c in objective_front(cands, directions):
             weight[c] = weight.get(c, 0.0) + 1.0

@@ -282,3 +282,12 @@ def test_a_path_cannot_smuggle_index_records_into_a_commit(tmp_path: Path) -> No
     assert outcomes(kit) == [("failed", "not_mutable")]
     repo = RunRepo.open_or_init(kit.run_dir / "repo")
     assert [b for b in repo.branches() if not b.endswith("/seed")] == []
+
+
+def test_a_child_exactly_as_good_as_its_parent_is_a_tie_not_worse(tmp_path: Path) -> None:
+    comment = lambda ctx: Proposal(changes={"sol.py": ctx.parent_files["sol.py"] + "# a comment\n"},  # noqa: E731
+                                   change="comment")
+    kit = make_engine(tmp_path, Scripted([comment]), examples=EXAMPLES, val=["v1", "v2"],
+                      budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=2, merge=False))
+    run(kit)
+    assert outcomes(kit) == [("rejected", "tie")]

@@ -102,3 +102,15 @@ def test_skipped_tests_keep_the_other_objectives() -> None:
                R(instance="t2", status="skipped", score=0.0, objectives={"duration_s": 0.0})]
     scores = scores_from_results("c", results, {"score": "max", "duration_s": "min"})
     assert scores.objectives["duration_s"] == 0.5  # the skipped test neither erases nor dilutes it
+
+
+def test_instances_every_candidate_ties_on_carry_no_weight() -> None:
+    ties = {f"t{k}": 1.0 for k in range(10)}  # every policy solves these alike: they tell no one apart
+    seed = CandidateScores("seed", {**ties, "s1": 1.0, "a1": 0.0, "a2": 0.0, "a3": 0.0})
+    c1 = CandidateScores("c1", {**ties, "s1": 0.0, "a1": 1.0, "a2": 1.0, "a3": 1.0})
+    c2 = CandidateScores("c2", {**ties, "s1": 0.0, "a1": 0.5, "a2": 0.5, "a3": 0.5})
+    f = build_frontier([seed, c1, c2], [*ties, "s1", "a1", "a2", "a3"], {"score": "max"})
+    # Counting the ties, the seed would weigh 11 against c1's 13: almost as likely a parent as c1.
+    assert dict(zip(f.members, f.weights, strict=True)) == {"seed": 1.0, "c1": 3.0}
+    alone = build_frontier([seed], [*ties, "s1"], {"score": "max"})  # nothing tells candidates apart yet
+    assert alone.members == ("seed",) and alone.weights == (11.0,)

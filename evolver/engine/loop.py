@@ -409,7 +409,7 @@ class Engine:
         better = child_sum > plan.baseline or (plan.at_least and child_sum >= plan.baseline)
         versus = plan.versus(child_sum, [self.label(s) for s in plan.parents])
         if crashed or not better:
-            reason = "crashed" if crashed else "worse"
+            reason = "crashed" if crashed else "tie" if child_sum == plan.baseline else "worse"
             detail = condense(child_results, budget=1500, include_ok_feedback=False) if crashed else versus
             self.store.update_proposal(p.id, status="rejected", reason=reason, detail=detail, child_score=child_sum)
             self._lesson(p, "rejected", reason, child_sum - plan.baseline)
