@@ -291,3 +291,18 @@ def test_a_child_exactly_as_good_as_its_parent_is_a_tie_not_worse(tmp_path: Path
                       budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=2, merge=False))
     run(kit)
     assert outcomes(kit) == [("rejected", "tie")]
+
+
+def test_a_merge_that_reproduces_a_parent_does_not_take_the_iteration(tmp_path: Path) -> None:
+    reproduce = Proposal(failure="duplicate", detail="the merge has the same files as c1", change="merge")
+    proposer = Scripted([set_constant("WEIGHT", 2.0), set_constant("BIAS", 1.0), set_constant("WEIGHT", 3.0)])
+    kit = make_engine(tmp_path, proposer, examples=SIBLING_EXAMPLES, val=["v1", "v2"],
+                      budget=Budget(max_iterations=3), merger=Scripted([reproduce], name="merge"),
+                      loop=SIBLING_LOOP, score=hits)
+    run(kit)
+    import sqlite3
+
+    rows = sqlite3.connect(kit.run_dir / "run.db").execute(
+        "SELECT iteration, kind, reason FROM proposals ORDER BY id").fetchall()
+    assert rows[2:] == [(3, "merge", "duplicate"), (3, "mutation", rows[3][2])]  # iteration 3 mutated too
+    assert len(proposer.seen) == 3

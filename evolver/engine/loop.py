@@ -38,6 +38,8 @@ from .plans import MergePlanner, Plan, mutation_plan, plan_of
 from .records import Event, LoopConfig, current_proposal
 from .streaks import Streaks
 
+# What `_attempt` returns for a merge that came out as one of its parents: `iterate` mutates instead (never a stop).
+MERGE_GAVE_NOTHING = StopReason("nothing_new", "the merge reproduced a parent")
 WORKER_JOIN_S = 10.0  # how long Ctrl-C waits for iterations in flight before the run's resources are closed
 
 __all__ = ["BudgetTooSmall", "Engine", "EvaluatorFault", "Event", "LoopConfig", "current_proposal"]
@@ -257,7 +259,11 @@ class Engine:
             with self._lock:
                 plan = self.planner.plan(self.standings, rng)
             if plan is not None:
-                return self._attempt(it, plan, self.merger, rng)
+                outcome = self._attempt(it, plan, self.merger, rng)
+                if outcome is not MERGE_GAVE_NOTHING:
+                    return outcome
+                # The merge would have reproduced a parent (or changed nothing): it spent no evaluator call, and
+                # the iteration is not lost to it: it mutates as well.
         rng = random.Random(f"{self.config.seed}:{it}")
         with self._lock:
             plan = mutation_plan(self.standings, self.train, self.config.minibatch, self.config.accept == "ties", rng)
@@ -343,7 +349,7 @@ class Engine:
                                        operator=proposal.operator, files=sorted(proposal.changes),
                                        failure_kinds=failure_kinds)
             self._failed(self._proposal(pid), plan, failure or "failed", detail)
-            return None
+            return MERGE_GAVE_NOTHING if plan.is_merge and failure in ("duplicate", "noop") else None
         subject = (proposal.change.splitlines()[0][:72] if proposal.change else plan.kind)
         body = f"Diagnosis: {proposal.diagnosis}\nProposer: {made_by}" if proposal.diagnosis else f"Proposer: {made_by}"
         child = self.repo.commit_tree(tree, plan.parents, subject=subject, kind=plan.kind, body=body,
