@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BUILTIN_MODEL, DEFAULT_PROPOSER, RUN_STOPPING_LLM_ERRORS, Defaults
-from .engine.budget import Budget, StopReason
+from .engine.budget import Budget, StopReason, Usage
 from .engine.loop import Engine, Event, LoopConfig, current_proposal
 from .errors import EvolverError, UserInputError
 from .evaluation import CandidateEvaluator, Evaluator
@@ -304,6 +304,11 @@ def _start_locked(task: Task, path: Path, model: ModelConfig, budget: Budget, *,
                     raise UserInputError(f"{path}: running the same command again continues the run with its own "
                                          f"settings, and these differ ({shown}); drop those flags to continue, or "
                                          "pick another --run for a run with the new settings")
+            if on_event is not None:  # not silently: the user may have meant a new run
+                on_event(Event("warning", existing.iteration, f"{path} holds a run of this task already "
+                               f"({existing.iteration} iterations, {existing.evals_used} evaluator calls, "
+                               f"{existing.state}): continuing it with this budget (another --run starts anew)",
+                               Usage(evals=existing.evals_used, iterations=existing.iteration)))
             return _resume_locked(path, budget, None, on_event, make_evaluator, model.timeout_s)
     name = path.resolve().name
     store = Store(path / "run.db")

@@ -171,8 +171,11 @@ def test_status_show_export_from_the_cli_without_litellm(scripted_llm, tmp_path:
 
 def test_rerunning_the_same_command_continues_the_run(tmp_path: Path) -> None:
     first = start_run(JOBSHOP, ModelConfig(model="builtin"), Budget(max_evals=40), run_dir=tmp_path / "run")
-    again = start_run(JOBSHOP, ModelConfig(model="builtin"), Budget(max_evals=80), run_dir=tmp_path / "run")
+    said: list[str] = []
+    again = start_run(JOBSHOP, ModelConfig(model="builtin"), Budget(max_evals=80), run_dir=tmp_path / "run",
+                      on_event=lambda e: said.append(e.message) if e.kind == "warning" else None)
     assert first.evals <= 40 < again.evals <= 80 and again.iterations > first.iterations
+    assert any("holds a run of this task already" in m and "continuing it" in m for m in said)  # not silently
     with pytest.raises(Exception, match="same task and model"):
         start_run(JOBSHOP, ModelConfig(model="openai/x", api_base="http://127.0.0.1:9"), Budget(max_evals=90),
                   run_dir=tmp_path / "run")
