@@ -83,7 +83,7 @@ class Evidence:
 
 def frames_of(result: InstanceResult) -> tuple[Frame, ...]:
     out = []
-    for f in getattr(result, "frames", ()) or ():
+    for f in result.frames:
         try:
             out.append(Frame(str(f["file"]), int(f["line"]), str(f["function"])))
         except (KeyError, TypeError, ValueError):

@@ -47,8 +47,10 @@ class Standings:
         for the best go to the earlier, whatever order candidates were accepted in (workers finish out of
         order) or loaded in."""
         scores = scores_from_results(sha, results, self.objectives)
+        late = bool(self._order) and order < max(self._order.values())  # a worker that finished out of order
         self._scores[sha], self._results[sha], self._order[sha] = scores, tuple(results), order
-        self._scores = dict(sorted(self._scores.items(), key=lambda kv: self._order[kv[0]]))
+        if late:
+            self._scores = dict(sorted(self._scores.items(), key=lambda kv: self._order[kv[0]]))
         self._frontier = None
         return scores
 
@@ -157,12 +159,15 @@ def accepted_order(seed: str, proposals: Sequence[ProposalRow]) -> list[tuple[st
     return [(seed, 0)] + [(p.child_sha, p.id) for p in proposals if p.status == "accepted" and p.child_sha]
 
 
-def load_standings(store: Store, repo: RunRepo, key: str, task: Task, shas: Sequence[tuple[str, int]], mode: str,
-                   repeats: int) -> Standings:
+def load_standings(store: Store, trees: Mapping[str, str], key: str, task: Task, shas: Sequence[tuple[str, int]],
+                   mode: str, repeats: int) -> Standings:
+    """`trees`: commit -> tree, from the candidate rows (one query, where a git call per candidate would do)."""
     val = validation_ids(task)
     standings = Standings(val, task.objectives, mode)
     for sha, order in shas:
-        rows = store.cached(key, repo.tree_sha(sha), val)
+        if sha not in trees:
+            continue
+        rows = store.cached(key, trees[sha], val)
         if not all((i, r) in rows for i in val for r in range(repeats)):
             continue  # not (yet) validated under this evaluator: it has no standing
         standings.add(sha, [aggregate([rows[(i, r)] for r in range(repeats)], cached=True) for i in val], order)
@@ -197,10 +202,13 @@ def read_state(run_dir: str | Path) -> RunState:
             raise UserInputError(f"{path}: the run has no seed commit yet")
         proposals = tuple(store.proposals(row.name))
         mode = row.config.get("loop", {}).get("frontier", task.evolve.frontier)
-        key = eval_key(row, task, store, repo.tree_sha(seed))
-        standings = load_standings(store, repo, key, task, accepted_order(seed, proposals), mode, task.repeats)
+        candidates = store.candidates(row.name)
+        trees = {c.sha: c.tree for c in candidates}
+        trees.setdefault(seed, repo.tree_sha(seed))
+        key = eval_key(row, task, store, trees[seed])
+        standings = load_standings(store, trees, key, task, accepted_order(seed, proposals), mode, task.repeats)
         labels = {seed: "seed", **{p.child_sha: f"c{p.id}" for p in proposals if p.child_sha}}
-        branches = {c.sha: c.branch for c in store.candidates(row.name) if c.branch}
+        branches = {c.sha: c.branch for c in candidates if c.branch}
         state = "interrupted" if row.state == "running" and not held(path) else row.state
         return RunState(name=row.name, path=path, run=row, state=state, task=task, seed=seed, standings=standings,
                         labels=labels, branches=branches, proposals=proposals,
@@ -209,10 +217,10 @@ def read_state(run_dir: str | Path) -> RunState:
         store.close()
 
 
-def stored_scores(state: RunState, store: Store, tree: str, ids: Sequence[str]) -> dict[str, float]:
-    """A candidate's stored scores (first repeat) on some instances, under the run's evaluator key: for showing
-    a proposal's minibatch, never for deciding anything."""
-    return {i: r.score for (i, rep), r in store.cached(state.eval_key, tree, ids).items() if rep == 0}
+def stored_scores(store: Store, key: str, tree: str, ids: Sequence[str]) -> dict[str, float]:
+    """A candidate's stored scores (first repeat) on some instances, under an evaluator key: for showing (a
+    proposal's minibatch, what an attempt did per instance), never for deciding anything."""
+    return {i: r.score for (i, rep), r in store.cached(key, tree, ids).items() if rep == 0}
 
 
 def merge_summary(state: RunState) -> dict[str, Any]:

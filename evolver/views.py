@@ -116,7 +116,7 @@ def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
     if p is not None:
         store = Store(state.path / "run.db", readonly=True)
         try:
-            mini = stored_scores(state, store, repo.tree_sha(sha), p.minibatch)
+            mini = stored_scores(store, state.eval_key, repo.tree_sha(sha), p.minibatch)
             calls = [_llm_call_view(c) for c in store.llm_calls(state.name, p.id)]
         finally:
             store.close()

@@ -13,7 +13,7 @@ from ..evidence import gather
 from ..lessons import Lesson, LessonLog, relevant
 from ..proposers.base import ParentInfo, ProposalContext, Standing, TriedAttempt
 from ..repo import RunRepo
-from ..run_state import Standings
+from ..run_state import Standings, stored_scores
 from ..store import ProposalRow, Store
 from ..task import Task
 from .merge_schedule import ancestors
@@ -82,12 +82,10 @@ class ContextBuilder:
                           history=history)
 
     def _scores(self, sha: str | None, ids: Sequence[str]) -> dict[str, float]:
-        """Stored scores (first repeat) of a candidate on instances: for showing, never for deciding."""
         if sha is None:
             return {}
         cand = self.store.candidate(sha)  # its tree without a git call
-        rows = self.store.cached(self.eval_key, cand.tree if cand else self.repo.tree_sha(sha), ids)
-        return {i: r.score for (i, rep), r in rows.items() if rep == 0}
+        return stored_scores(self.store, self.eval_key, cand.tree if cand else self.repo.tree_sha(sha), ids)
 
     def _tried(self, parent: str) -> tuple[TriedAttempt, ...]:
         rows = [p for p in self.store.proposals(self.run, parent_sha=parent) if p.status in ("rejected", "failed")
