@@ -307,17 +307,23 @@ def _some(ids: list[str], shown: int = 5) -> str:
     return f"{ids[:shown]}{more}"
 
 
+def mutable_texts(task: Task, files: Mapping[str, bytes]) -> dict[str, str]:
+    """The mutable files a proposer may edit, as text: those that decode as UTF-8 (see `not_utf8`)."""
+    out = {}
+    for path, data in files.items():
+        if task.is_mutable(path):
+            try:
+                out[path] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+    return out
+
+
 def not_utf8(task: Task, files: Mapping[str, bytes]) -> list[str]:
     """The files matching [task] mutable that do not decode as UTF-8. No proposer is shown them or edits them
     (a text round trip would replace their bytes), so they stay in every candidate byte for byte."""
-    out = []
-    for path, data in sorted(files.items()):
-        if task.is_mutable(path):
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
-                out.append(path)
-    return out
+    texts = mutable_texts(task, files)
+    return sorted(p for p in files if task.is_mutable(p) and p not in texts)
 
 
 def not_utf8_note(paths: list[str]) -> str:

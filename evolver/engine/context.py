@@ -15,7 +15,7 @@ from ..proposers.base import ParentInfo, ProposalContext, Standing, TriedAttempt
 from ..repo import RunRepo
 from ..run_state import Standings, stored_scores
 from ..store import ProposalRow, Store
-from ..task import Task
+from ..task import Task, mutable_texts
 from .merge_schedule import ancestors
 from .plans import Plan, moved_instances
 
@@ -46,18 +46,6 @@ def short_diff(diff: str, limit: int = DIFF_CHARS) -> str:
             out.append(line)
     text = "\n".join(out)
     return text if len(text) <= limit else text[: limit - 4] + "\n..."
-
-
-def mutable_texts(task: Task, files: Mapping[str, bytes]) -> dict[str, str]:
-    """The mutable files a proposer may edit as text: those that decode as UTF-8 (others are data to it)."""
-    out = {}
-    for path, data in files.items():
-        if task.is_mutable(path):
-            try:
-                out[path] = data.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-    return out
 
 
 @dataclass

@@ -69,7 +69,9 @@ class Engine:
         # Trees of every candidate of the run -> its branch: a proposal recreating one is a duplicate.
         self._known: dict[str, str] = {c.tree: c.branch or c.sha[:12] for c in candidates}
         self._labels = {c.sha: (c.branch or c.sha[:10]).rsplit("/", 1)[-1] for c in candidates}
-        parents = {c.sha: c.parents for c in candidates}
+        # Every candidate's parents: one dict the merge planner and the context builder share (written here only).
+        self._parents: dict[str, tuple[str, ...]] = {c.sha: c.parents for c in candidates}
+        parents = self._parents
         self.planner = MergePlanner(
             max_merges=config.max_merges, subsample=config.merge_subsample, parents=parents,
             proposals=store.proposals(run), merges=store.merges(run), merge_base=repo.merge_base,
@@ -361,9 +363,7 @@ class Engine:
         self.repo.set_branch(branch, child)
         with self._lock:
             self._labels[child] = f"c{pid}"
-            self.contexts.parents[child] = plan.parents  # type: ignore[index]
-            if self.planner is not None:
-                self.planner.add_candidate(child, plan.parents)
+            self._parents[child] = plan.parents
         self.store.update_proposal(pid, child_sha=child, branch=branch, diagnosis=proposal.diagnosis,
                                    change=proposal.change, operator=proposal.operator,
                                    files=sorted(proposal.changes), failure_kinds=failure_kinds)

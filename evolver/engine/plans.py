@@ -132,10 +132,6 @@ class MergePlanner:
             with self._lock:
                 self.accepted_mutations += 1
 
-    def add_candidate(self, sha: str, parents: tuple[str, ...]) -> None:
-        with self._lock:
-            self.parents[sha] = parents
-
 
 def _merge_plan(pair: MergePair, subsample: tuple[str, ...], sums: tuple[float, float]) -> Plan:
     return Plan(MERGE_KIND, (pair.a, pair.b), subsample, "val", max(sums), True, base=pair.base,
