@@ -57,6 +57,7 @@ def run(
     frontier: str | None = None,
     merge: bool | None = None,
     max_merges: int | None = None,
+    race: bool | None = None,
     workers: int | None = None,
     proposer: str | None = None,
     prompts: str | Path | None = None,
@@ -75,13 +76,15 @@ def run(
     if prompts is not None and not Path(prompts).is_dir():
         raise UserInputError(f"--prompts: expected a folder of prompt templates, found {str(prompts)!r} "
                              f"({'not a folder' if Path(prompts).exists() else 'no such path'})")
-    evolve = load_task(task_path).evolve
+    task = load_task(task_path)
+    evolve = task.evolve
     model_cfg = ModelConfig(model=model, api_base=api_base, temperature=temperature, max_tokens=max_tokens,
                             repair_turns=repair_turns, timeout_s=llm_timeout,
                             cache_dir=str(llm_cache) if llm_cache else None)
-    loop = LoopConfig(minibatch=minibatch or evolve.minibatch, accept=accept or evolve.accept,
+    loop = LoopConfig(minibatch=minibatch or evolve.minibatch, accept=accept or task.accept_rule,
                       frontier=frontier or evolve.frontier, seed=seed, workers=workers or Defaults.workers,
-                      merge=evolve.merge if merge is None else merge,
+                      merge=evolve.merge if merge is None else merge, race=evolve.race if race is None else race,
+                      race_confidence=evolve.race_confidence,
                       max_merges=evolve.max_merges if max_merges is None else max_merges)
     # Passed only when given, so a run without them does not depend on the engine's newer keywords.
     extra = {k: v for k, v in (("proposer", proposer), ("prompts", str(prompts) if prompts else None))

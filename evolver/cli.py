@@ -92,7 +92,12 @@ def _run_parser(sub: Any) -> None:
     r.add_argument("--lessons", help="lesson log to use (share one across runs of a task)")
     r.add_argument("--minibatch", type=int, help=f"train instances per iteration (default: task's, else {d.minibatch})")
     r.add_argument("--seed", type=int, default=d.seed_rng)
-    r.add_argument("--accept", choices=ACCEPT_RULES, help=f"default: task's [evolve] accept, else {d.accept}")
+    r.add_argument("--accept", choices=ACCEPT_RULES,
+                   help="default: task's [evolve] accept, else pareto when it optimizes several objectives, "
+                        "else strict")
+    r.add_argument("--no-race", dest="race", action="store_false", default=None,
+                   help="validate every accepted child on the whole validation split (default: task's [evolve] race, "
+                        "else validate in stages and stop children that cannot matter)")
     r.add_argument("--frontier", choices=FRONTIER_MODES, help=f"default: task's [evolve] frontier, else {d.frontier}")
     r.add_argument("--no-merge", dest="merge", action="store_false", default=None,
                    help="never merge frontier candidates (default: task's [evolve] merge, else merge)")

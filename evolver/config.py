@@ -25,11 +25,15 @@ DIRECTIONS: Final[tuple[str, ...]] = get_args(Direction)
 PRIMARY_OBJECTIVE: Final = "score"  # always an objective, always first, always maximised
 SINGLE_TASK_ID: Final = "task"  # the one instance of a task without instances (single-task search)
 PRIMARY_DIRECTION: Final = "max"
+# optimize: judged and on the frontier; gate: a constraint that must hold; report: shown only (evolver.objectives)
+ObjectiveRole = Literal["optimize", "gate", "report"]
+OBJECTIVE_ROLES: Final[tuple[str, ...]] = get_args(ObjectiveRole)
 
 # -- evolution --------------------------------------------------------------------------------------------
 FrontierMode = Literal["instance", "objective", "hybrid"]
 FRONTIER_MODES: Final[tuple[str, ...]] = get_args(FrontierMode)
-AcceptRule = Literal["strict", "ties"]
+# strict: the score rises; ties: it does not fall; pareto: one optimized objective improves, none regresses.
+AcceptRule = Literal["strict", "ties", "pareto"]
 ACCEPT_RULES: Final[tuple[str, ...]] = get_args(AcceptRule)
 
 # -- sandboxes --------------------------------------------------------------------------------------------
@@ -62,11 +66,13 @@ PROPOSAL_STATUSES: Final[tuple[str, ...]] = get_args(ProposalStatus)
 OutcomeReason = Literal[
     "pending", "accepted", "worse", "tie", "crashed", "patch_failed", "syntax", "not_mutable", "noop", "truncated",
     "duplicate", "llm_error", "interrupted", "conflict_unresolved", "merge_error", "failed", "budget",
-    "evaluator_error", "sandbox_error",
+    "evaluator_error", "sandbox_error", "tradeoff", "gate", "raced",
 ]
 OUTCOME_REASONS: Final[tuple[str, ...]] = get_args(OutcomeReason)
 # Reasons of a working proposal that lost (not a failure to produce an evaluable child).
-LOST_REASONS: Final = frozenset({"worse", "tie", "duplicate"})
+# tradeoff: better on one objective, worse on another; gate: broke a constraint; raced: stopped during validation,
+# confidently below its parent and best nowhere.
+LOST_REASONS: Final = frozenset({"worse", "tie", "duplicate", "tradeoff", "gate", "raced"})
 MERGE_KIND: Final = "merge"  # the kind of proposal (and commit) a merge makes
 SEED_KIND: Final = "seed"
 
@@ -117,7 +123,10 @@ class Defaults:
     # [evolve] and `evolver run`
     frontier: Final = "instance"
     minibatch: Final = 3
-    accept: Final = "strict"
+    accept: Final = None  # None: pareto when the task optimizes several objectives, else strict
+    race: Final = True  # validate accepted children in stages, stopping the ones that cannot matter
+    race_confidence: Final = 0.95  # how sure a stop must be that the child is below its parent
+    race_first_stage: Final = 4  # validation instances of the first stage (at least)
     merge: Final = True
     max_merges: Final = 5
     merge_subsample: Final = 5  # validation instances a merged candidate is first judged on

@@ -118,8 +118,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          temperature=args.temperature, max_tokens=args.max_tokens, repair_turns=args.repair_turns,
                          llm_timeout=args.llm_timeout, llm_cache=args.llm_cache, run_dir=args.run_dir,
                          lessons=args.lessons, minibatch=args.minibatch, seed=args.seed, accept=args.accept,
-                         frontier=args.frontier, merge=args.merge, max_merges=args.max_merges, workers=args.workers,
-                         proposer=args.proposer, prompts=args.prompts, on_event=view)
+                         frontier=args.frontier, merge=args.merge, max_merges=args.max_merges, race=args.race,
+                         workers=args.workers, proposer=args.proposer, prompts=args.prompts, on_event=view)
     _print_result(result, args.json)
     return _exit_code(result)
 

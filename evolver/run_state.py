@@ -35,8 +35,12 @@ def validation_ids(task: Task) -> list[str]:
 class Standings:
     """Accepted candidates' validation results -> frontier and best (oldest candidate first)."""
 
-    def __init__(self, val_ids: Sequence[str], objectives: Mapping[str, str], mode: str) -> None:
+    def __init__(self, val_ids: Sequence[str], objectives: Mapping[str, str], mode: str,
+                 optimized: Mapping[str, str] | None = None) -> None:
+        """`objectives`: every objective's direction (all are aggregated and shown); `optimized`: the ones the
+        objective frontier and the order of "best" use (default: all)."""
         self.val_ids, self.objectives, self.mode = list(val_ids), dict(objectives), mode
+        self.optimized = dict(optimized) if optimized is not None else self.objectives
         self._scores: dict[str, CandidateScores] = {}
         self._results: dict[str, tuple[InstanceResult, ...]] = {}
         self._order: dict[str, int] = {}
@@ -79,13 +83,13 @@ class Standings:
     def frontier(self) -> Frontier:
         # Rebuilt only when a candidate joins: selection and the live view reuse it.
         if self._frontier is None:
-            self._frontier = build_frontier(list(self._scores.values()), self.val_ids, self.objectives, self.mode)
+            self._frontier = build_frontier(list(self._scores.values()), self.val_ids, self.optimized, self.mode)
         return self._frontier
 
     def best(self) -> str | None:
         if not self._scores:
             return None
-        return max(self._scores, key=lambda s: rank_key(self._scores[s].objectives, self.objectives))
+        return max(self._scores, key=lambda s: rank_key(self._scores[s].objectives, self.optimized))
 
     def best_objectives(self) -> dict[str, float | None] | None:
         b = self.best()
@@ -93,8 +97,8 @@ class Standings:
 
     def improves_on(self, sha: str, before: Mapping[str, float | None] | None) -> bool:
         """Whether `sha` ranks above the objectives `before` (the best before it joined)."""
-        return not before or rank_key(self._scores[sha].objectives, self.objectives) > rank_key(
-            before, self.objectives)
+        return not before or rank_key(self._scores[sha].objectives, self.optimized) > rank_key(
+            before, self.optimized)
 
     def best_per_instance(self) -> dict[str, tuple[str, ...]]:
         """Instance -> the candidates tied for its best score (multi-task search: the best candidate per task)."""
@@ -163,7 +167,7 @@ def load_standings(store: Store, trees: Mapping[str, str], key: str, task: Task,
                    mode: str, repeats: int) -> Standings:
     """`trees`: commit -> tree, from the candidate rows (one query, where a git call per candidate would do)."""
     val = validation_ids(task)
-    standings = Standings(val, task.objectives, mode)
+    standings = Standings(val, task.objectives, mode, task.optimized)
     for sha, order in shas:
         if sha not in trees:
             continue

@@ -7,9 +7,11 @@ themselves live in evolver.config, task kinds and sandbox backends in the regist
 [evaluate]  kind = "python" | "pytest" | a registered kind ("python"); evaluator = "evaluate.py"; tests = "tests";
             instances = "instances.toml" (optional for pytest: collected); timeout_s = 60; profile = false;
             repeats = 1; private = [] (globs of task files only the trusted harness may read)
-[objectives] name = "max" | "min" ...; default { score = "max" }; "score" is added first when missing
-[evolve]    frontier = "instance" | "objective" | "hybrid" ("instance"); minibatch = 3; accept = "strict" | "ties";
-            prompts = <folder of prompt templates> (none: the shipped ones);
+[objectives] name = "max" | "min" | { direction, role = "optimize" | "gate" | "report", tolerance, at_least,
+            at_most } ...; default { score = "max" }; "score" is added first when missing (evolver.objectives)
+[evolve]    frontier = "instance" | "objective" | "hybrid" ("instance"); minibatch = 3;
+            accept = "strict" | "ties" | "pareto" (pareto when several objectives are optimized, else strict);
+            race = true; race_confidence = 0.95; prompts = <folder of prompt templates> (none: the shipped ones);
             merge = true; max_merges = 5
 [sandbox]   backend = "auto" | "docker" | "process" | a registered backend ("auto"); memory_mb = 1024; cpus = 1.0;
             max_processes = 64; output_limit_mb = 64; workers = 0 (auto);
@@ -32,18 +34,16 @@ from typing import Any
 from .config import (
     ACCEPT_RULES,
     AUTO_BACKEND,
-    DIRECTIONS,
     FRONTIER_MODES,
     HARNESS_MODES,
     ISOLATIONS,
-    PRIMARY_DIRECTION,
-    PRIMARY_OBJECTIVE,
     SINGLE_TASK_ID,
     SPLITS,
     Defaults,
     one_of,
 )
 from .errors import TaskError
+from .objectives import Objective, accept_rule_for, directions, parse_objectives
 from .registry import SANDBOXES, TASK_KINDS
 from .task_kinds import PYTHON, TaskKind
 
@@ -60,7 +60,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                  "timeout_s": _D.timeout_s, "profile": _D.profile, "repeats": _D.repeats,
                  "private": list(_D.private)},
     "evolve": {"frontier": _D.frontier, "minibatch": _D.minibatch, "accept": _D.accept, "merge": _D.merge,
-               "max_merges": _D.max_merges, "prompts": None},
+               "max_merges": _D.max_merges, "prompts": None, "race": _D.race, "race_confidence": _D.race_confidence},
     "sandbox": {"backend": _D.backend, "memory_mb": _D.memory_mb, "cpus": _D.cpus,
                 "max_processes": _D.max_processes, "output_limit_mb": _D.output_limit_mb,
                 "workers": _D.sandbox_workers, "isolation": _D.isolation, "recycle_after": _D.recycle_after},
@@ -105,7 +105,9 @@ class EvolveConfig:
 
     frontier: str = _D.frontier  # one of config.FRONTIER_MODES
     minibatch: int = _D.minibatch
-    accept: str = _D.accept  # one of config.ACCEPT_RULES
+    accept: str | None = _D.accept  # one of config.ACCEPT_RULES; None: by the objectives (accept_rule_for)
+    race: bool = _D.race  # validate accepted children in stages (engine.racing)
+    race_confidence: float = _D.race_confidence
     merge: bool = _D.merge  # merge two frontier candidates now and then
     max_merges: int = _D.max_merges  # merge attempts over a run
     prompts: Path | None = None  # a folder of prompt templates overriding the shipped ones (inside the task)
@@ -126,7 +128,7 @@ class Task:
     timeout_s: float
     profile: bool
     repeats: int
-    objectives: dict[str, str] = field(default_factory=dict)
+    objective_specs: dict[str, Objective] = field(default_factory=dict)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
     digest: str = ""
@@ -139,6 +141,20 @@ class Task:
     def is_mutable(self, rel_path: str) -> bool:
         """Whether the proposer may edit this candidate file (path relative to the candidate root)."""
         return any(glob_match(rel_path, g) for g in self.mutable)
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        """Every objective's direction, in declared order (the score first)."""
+        return directions(self.objective_specs)
+
+    @property
+    def optimized(self) -> dict[str, str]:
+        """The directions acceptance and the frontier use: the optimized objectives (and the score)."""
+        return directions(self.objective_specs, "optimize")
+
+    @property
+    def accept_rule(self) -> str:
+        return accept_rule_for(self.objective_specs, self.evolve.accept)
 
     @property
     def primary(self) -> str:
@@ -367,7 +383,7 @@ def load_task(path: str | Path) -> Task:
         r.table(section)
     task = _read_task(r, root)
     task = _read_evaluate(r, task)
-    task = replace(task, objectives=_read_objectives(r), sandbox=_read_sandbox(r), evolve=_read_evolve(r, root))
+    task = replace(task, objective_specs=_read_objectives(r), sandbox=_read_sandbox(r), evolve=_read_evolve(r, root))
     files = _task_files(task.root, task.seed_dir)
     digest = digest_files(task.root, files, extra=f"{task.kind}|{task.evaluator}|{task.tests}|{task.timeout_s}|"
                                                   f"{task.profile}|{task.sandbox.memory_mb}|"
@@ -445,18 +461,9 @@ def _read_evaluate(r: _Reader, task: Task) -> Task:
                    harness_mode=kind.harness_mode, trusted_scores=bool(kind.trusted_scores))
 
 
-def _read_objectives(r: _Reader) -> dict[str, str]:
-    raw = r.table("objectives") if "objectives" in r.data else {PRIMARY_OBJECTIVE: PRIMARY_DIRECTION}
-    objectives: dict[str, str] = {}
-    for name, direction in raw.items():
-        if not name.isidentifier():
-            raise TaskError(r.file, f"[objectives] {name}", "an identifier-like objective name", repr(name))
-        if direction not in DIRECTIONS:
-            raise TaskError(r.file, f"[objectives] {name}", one_of(DIRECTIONS), _found(direction))
-        objectives[name] = direction
-    if PRIMARY_OBJECTIVE not in objectives:
-        objectives = {PRIMARY_OBJECTIVE: PRIMARY_DIRECTION, **objectives}
-    return objectives
+def _read_objectives(r: _Reader) -> dict[str, Objective]:
+    raw = r.table("objectives") if "objectives" in r.data else {}
+    return parse_objectives(raw, r.file)
 
 
 def _read_sandbox(r: _Reader) -> SandboxConfig:
@@ -475,9 +482,13 @@ def _read_sandbox(r: _Reader) -> SandboxConfig:
 def _read_evolve(r: _Reader, root: Path) -> EvolveConfig:
     frontier = _choice(r, "evolve", "frontier", FRONTIER_MODES)
     minibatch = int(_positive(r, "evolve", "minibatch", int, 1))
-    accept = _choice(r, "evolve", "accept", ACCEPT_RULES)
+    accept = _choice(r, "evolve", "accept", ACCEPT_RULES) if r.table("evolve").get("accept") is not None else None
+    confidence = r.get("evolve", "race_confidence", (int, float), "a number between 0.5 and 1")
+    if not 0.5 <= confidence < 1:
+        raise TaskError(r.file, "[evolve] race_confidence", "a number between 0.5 and 1 (below 1)", _found(confidence))
     prompts = r.get("evolve", "prompts", (str, type(None)), "a folder name")
     return EvolveConfig(frontier=frontier, minibatch=minibatch, accept=accept,
+                        race=r.get("evolve", "race", bool, "true or false"), race_confidence=float(confidence),
                         merge=r.get("evolve", "merge", bool, "true or false"),
                         max_merges=int(_positive(r, "evolve", "max_merges", int, 0)),
                         prompts=_relative_path(r, root, "evolve", "prompts", prompts, True) if prompts else None)

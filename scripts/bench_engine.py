@@ -3,9 +3,16 @@
 A trivial task (the candidate returns a number, the judge scores it) and a scripted OpenAI-compatible server
 on localhost (litellm's real code path). Overhead per iteration = iteration wall time minus the time inside
 LLM calls and inside evaluations that ran the sandbox: frontier, selection, store and git work, prompt
-building, patching. Measured with 10 and with 1,000 accepted candidates already stored, one iteration in
-flight. Then, for one trajectory, the evaluator calls our loop spent beside what GEPA's loop would spend on it
-(GEPA evaluates the parent's minibatch afresh every iteration).
+building, patching. Measured with none, 10 and 1,000 accepted candidates already stored (high-scoring ones),
+one iteration in flight. Then, for each trajectory, the evaluator calls our loop spent beside what GEPA's loop
+would spend on it (GEPA evaluates the parent's minibatch afresh every iteration and validates every child that
+passes its minibatch on the whole validation split), and whether the frontier is as good: the best validation
+mean and the sum over validation instances of the best score there, ours against GEPA's pool (every child that
+passed its minibatch, the ones our staged validation stopped evaluated in full afterwards, outside the count).
+
+The trajectory cycles through three kinds of proposal, as seen with real models: a change that is better
+everywhere; one that overfits (better on the train instances, worse on the validation ones); one that is
+worse everywhere.
 
     .venv/bin/python scripts/bench_engine.py [--iterations 50] [--json]
 """
@@ -45,7 +52,7 @@ def judge(instance, inputs, output, usage):
     return report(instance, float(output) if isinstance(output, (int, float)) else 0.0)
 """
 TRAIN = [f"t{i}" for i in range(20)]
-VAL = [f"v{i}" for i in range(100, 110)]
+VAL = [f"v{i}" for i in range(100, 130)]
 
 
 def make_task(root: Path) -> Path:
@@ -58,9 +65,13 @@ def make_task(root: Path) -> Path:
 
 
 def reply(k: int) -> str:
-    weight = 0.1 + 0.01 * k if k % 2 == 0 else 0.05  # every other proposal improves
-    return (f"## Diagnosis\nweight too small\n## Change\nweight {weight}\n\n```python sol.py\nWEIGHT = {weight}\n\n\n"
-            "def f(i):\n    return WEIGHT * (1 + i % 3) / 3\n```\n")
+    """Proposal k: better everywhere (k % 3 == 0), overfit (1) or worse everywhere (2)."""
+    weight = 0.1 + 0.01 * k
+    if k % 3 == 1:  # train ids are 0..19, validation ids 100..129
+        body = f"WEIGHT = {weight}\n\n\ndef f(i):\n    return WEIGHT * (3.0 if i < 100 else 0.2) * (1 + i % 3) / 3\n"
+    else:
+        body = f"WEIGHT = {weight if k % 3 == 0 else 0.05}\n\n\ndef f(i):\n    return WEIGHT * (1 + i % 3) / 3\n"
+    return f"## Diagnosis\nweight off\n## Change\nproposal {k}\n\n```python sol.py\n{body}```\n"
 
 
 def prefill(run_dir: Path, task_root: Path, n: int) -> None:
@@ -81,11 +92,14 @@ def prefill(run_dir: Path, task_root: Path, n: int) -> None:
         tree = repo.tree_sha(child)
         store.record_candidate(name, child, tree, candidate_branch(name, pid), (seed,), "mutation")
         store.update_proposal(pid, child_sha=child, status="accepted", reason="accepted", files=["sol.py"])
-        store.save_evaluations(key, tree, [EvaluationRow(v, 0, "val", "ok", (k % 7) / 7 + (j == k % 10) * 0.5, {},
-                                                         "", [], None, "", "", "process", True)
-                                           for j, v in enumerate(VAL)])
+        store.save_evaluations(key, tree, [EvaluationRow(v, 0, "val", "ok", x, {}, "", [], None, "", "", "process",
+                                                         True) for v, x in zip(VAL, prefilled_val(k), strict=True)])
         log.append(Lesson(task.name, name, 0, seed, child, ("sol.py",), (), "d", "c", "accepted", "accepted", 0.1))
     store.close()
+
+
+def prefilled_val(k: int) -> list[float]:
+    return [(k % 7) / 7 + (j == k % 10) * 0.5 for j in range(len(VAL))]
 
 
 def measure(n_stored: int, iterations: int) -> dict:
@@ -136,16 +150,38 @@ def measure(n_stored: int, iterations: int) -> dict:
         # The first mark is after the start (seed and stored candidates loaded): per-iteration spans follow it.
         spans = [(b[0] - a[0]) - (b[1] - a[1]) for a, b in itertools.pairwise(marks[1:])]
         db = store._db
-        rows = db.execute("SELECT status, child_sha IS NOT NULL, minibatch FROM proposals WHERE iteration > 0 "
+        rows = db.execute("SELECT status, reason, child_sha, minibatch FROM proposals WHERE iteration > 0 "
                           "ORDER BY id").fetchall()
         store.close()
+        seed_files = (task_root / "seed" / "sol.py").read_text()
+        repo = RunRepo.open_or_init(run_dir / "repo")
+        passed = [(status, sha) for status, reason, sha, _ in rows
+                  if status == "accepted" or reason in ("raced", "gate")]
+        val_of = {sha: val_scores(repo.read_files(sha)["sol.py"].decode()) for _, sha in passed}
     gepa = len(VAL)  # the seed on the validation split, as both loops start
-    for status, has_child, minibatch in rows:
+    for _, _, sha, minibatch in rows:
         size = len(json.loads(minibatch))
-        gepa += size + (size if has_child else 0) + (len(VAL) if status == "accepted" else 0)
+        gepa += size + (size if sha else 0) + (len(VAL) if sha in val_of else 0)
+    seed_val = val_scores(seed_files)
+    stored = [prefilled_val(k) for k in range(n_stored)]
+    ours = [seed_val, *stored, *(val_of[sha] for status, sha in passed if status == "accepted")]
+    theirs = [seed_val, *stored, *val_of.values()]
     return {"stored": n_stored, "iterations": len(spans), "overhead_p50_ms": round(statistics.median(spans) * 1000, 1),
             "overhead_p95_ms": round(sorted(spans)[int(0.95 * (len(spans) - 1))] * 1000, 1),
-            "evals_ours": result.evals, "evals_gepa": gepa}
+            "evals_ours": result.evals, "evals_gepa": gepa,
+            "raced": sum(reason == "raced" for _, reason, _, _ in rows),
+            "best_mean_ours": round(max(statistics.fmean(v) for v in ours), 4),
+            "best_mean_gepa": round(max(statistics.fmean(v) for v in theirs), 4),
+            "envelope_ours": round(sum(max(col) for col in zip(*ours, strict=True)), 4),
+            "envelope_gepa": round(sum(max(col) for col in zip(*theirs, strict=True)), 4)}
+
+
+def val_scores(source: str) -> list[float]:
+    """A candidate's validation scores, recomputed here for the report only (outside the evaluator-call count):
+    the candidates are this script's own scripted replies."""
+    scope: dict = {}
+    exec(compile(source, "sol.py", "exec"), scope)  # the bench's own scripted code
+    return [float(scope["f"](int(v[1:]))) for v in VAL]
 
 
 def main() -> int:
@@ -153,15 +189,17 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rows = [measure(n, args.iterations) for n in (10, 1000)]
+    rows = [measure(n, args.iterations) for n in (0, 10, 1000)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'stored':>7} {'iters':>6} {'overhead p50 ms':>16} {'p95 ms':>8} {'evals ours':>11} {'evals GEPA':>11} "
-          f"{'ratio':>6}")
+          f"{'ratio':>6} {'raced':>6} {'best ours':>10} {'best GEPA':>10} {'envelope ours':>14} {'envelope GEPA':>14}")
     for r in rows:
         print(f"{r['stored']:>7} {r['iterations']:>6} {r['overhead_p50_ms']:>16} {r['overhead_p95_ms']:>8} "
-              f"{r['evals_ours']:>11} {r['evals_gepa']:>11} {r['evals_ours'] / max(r['evals_gepa'], 1):>6.2f}")
+              f"{r['evals_ours']:>11} {r['evals_gepa']:>11} {r['evals_ours'] / max(r['evals_gepa'], 1):>6.2f} "
+              f"{r['raced']:>6} {r['best_mean_ours']:>10} {r['best_mean_gepa']:>10} {r['envelope_ours']:>14} "
+              f"{r['envelope_gepa']:>14}")
     return 0
 
 

@@ -85,7 +85,7 @@ def test_run_passes_proposer_and_prompts_only_when_given(start_run_calls, tmp_pa
     given, plain = start_run_calls
     assert given["proposer"] == "builtin" and given["prompts"] == str(prompts)
     assert "proposer" not in plain and "prompts" not in plain
-    assert plain["loop"].accept == "ties" and given["loop"].accept == "strict"  # jobshop's [evolve] accept
+    assert plain["loop"].accept == "ties" and given["loop"].accept == "strict"  # jobshop optimizes the score alone
     assert plain["model"].temperature == Defaults.temperature and plain["budget"].max_iterations == 1
 
 

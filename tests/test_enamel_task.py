@@ -21,6 +21,7 @@ import pytest
 
 from evolver.api import evaluate
 from evolver.evaluation import InstanceResult
+from evolver.task import load_task
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = ROOT / "tasks" / "enamel"
@@ -230,5 +231,8 @@ def test_data_splits_and_seed() -> None:
     for licence in ("LICENSE-ENAMEL.txt", "LICENSE-HumanEvalPlus.txt"):
         assert "Apache License" in (TASK / "data" / licence).read_text(encoding="utf-8")
     assert "ENAMEL" in (TASK / "data" / "ATTRIBUTION.md").read_text(encoding="utf-8")
-    config = tomllib.loads((TASK / "task.toml").read_text(encoding="utf-8"))
-    assert config["objectives"] == {"score": "max", "eff": "max", "correctness": "max", "code_tokens": "min"}
+    task = load_task(TASK)
+    assert task.objectives == {"score": "max", "correctness": "max", "eff": "max", "code_tokens": "min"}
+    assert {n: o.role for n, o in task.objective_specs.items()} == {
+        "score": "optimize", "correctness": "gate", "eff": "report", "code_tokens": "report"}
+    assert task.objective_specs["correctness"].at_least == 1.0 and task.accept_rule == "strict"

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from evolver.task import load_task
+
 ROOT = Path(__file__).resolve().parent.parent
 TASK = ROOT / "tasks" / "jobshop"
 SEED = TASK / "seed"
@@ -313,4 +315,6 @@ def test_task_toml(ev: ModuleType) -> None:
     assert config["task"]["mutable"] == ["dispatch.py"]
     assert (TASK / config["task"]["seed"] / "dispatch.py").is_file()
     assert (TASK / config["evaluate"]["evaluator"]).is_file()
-    assert config["objectives"] == {"score": "max", "gap_pct": "min", "runtime_s": "min"}
+    task = load_task(TASK)
+    assert task.objectives == {"score": "max", "gap_pct": "min", "runtime_s": "min"}
+    assert task.optimized == {"score": "max"} and task.accept_rule == "strict"  # the others are only reported

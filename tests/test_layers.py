@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent / "evolver"
 
 # Lower layers first; a module may import its own layer or lower ones at module level.
 LAYERS = [
-    {"config", "errors", "run_lock"},
+    {"config", "errors", "run_lock", "objectives"},
     {"registry", "task_kinds", "task", "store", "repo", "credentials", "llm", "patch_parsing", "patches", "sandbox"},
     {"evaluation", "function_eval"},
     {"frontier", "evidence", "lessons", "run_state", "hunks"},

@@ -101,6 +101,16 @@ class ContextBuilder:
                         best_label=self.label(best) if best else "-", best_score=st.mean_score(best) if best else None,
                         wins=wins, behind=tuple(behind))
 
+    def untaught(self) -> list[Lesson]:
+        """The lessons of proposals with an outcome but no line in the log (a kill between the two); none for a
+        run whose log predates proposal ids in lessons."""
+        ours = [x for x in self.lessons.load(self.task.name) if x.run == self.run]
+        if any(x.proposal_id is None for x in ours):
+            return []
+        taught = {x.proposal_id for x in ours}
+        return [self.lesson(p, p.status, p.reason, None) for p in self.store.proposals(self.run)
+                if p.status in ("accepted", "rejected", "failed") and p.id not in taught]
+
     def lesson(self, p: ProposalRow, outcome: str, reason: str, delta: float | None) -> Lesson:
         """The lesson of a proposal, with what it did per instance and the change as a short diff."""
         deltas: dict[str, float] = {}

@@ -4,29 +4,30 @@ kind of proposal.
 An iteration makes a `Plan` (a merge of two frontier candidates when one is due and a pair is eligible, else a
 mutation of a parent sampled from the frontier), asks the plan's proposer for a `Proposal`, and then, whatever
 proposed it: checks it (mutable files only, syntax, not a duplicate), commits the child (a two-parent commit
-for a merge), evaluates it on the plan's instances, and accepts it when it beats the plan's baseline; an
-accepted child is validated in full and joins the standings. Every step is written to the store (and the child
-to git) as it happens, so a kill -9 loses at most the step in flight and `resume` finishes a committed child
-from its stored plan. Randomness is derived from (seed, iteration), so a resumed run makes the same choices.
+for a merge), evaluates it on the plan's instances, and accepts it when it beats the plan's baseline parent
+by the acceptance rule and keeps the gates (evolver.objectives); an accepted child is validated in stages that
+stop one which cannot matter (engine.racing), and joins the standings once validated in full. Every step is
+written to the store (and the child to git) as it happens, so a kill -9 loses at most the step in flight and
+`resume` finishes a committed child from its stored plan. Randomness is derived from (seed, iteration), so a
+resumed run makes the same choices.
 """
 
 from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from ..config import FAILED_STATUSES
 from ..errors import EvolverError
 from ..evaluation import CandidateEvaluator, CandidateRef, InstanceResult
 from ..evidence import condense
 from ..hunks import overlapping_hunks
 from ..lessons import LessonLog
+from ..objectives import accept_rule_for, judge, regressed_gate
 from ..proposers.base import MergeRecord, Proposal, Proposer
 from ..repo import RunRepo, candidate_branch
-from ..run_state import Standings, accepted_order, validation_ids
+from ..run_state import Standings, accepted_order, stored_scores, validation_ids
 from ..store import ProposalRow, Store
 from ..task import Task
 from . import checks
@@ -35,8 +36,10 @@ from .context import ContextBuilder
 from .faults import BudgetTooSmall, EvaluatorFault, evaluator_fault
 from .meter import Meter
 from .plans import MergePlanner, Plan, mutation_plan, plan_of
+from .racing import RaceSettings, plan_race, race_stop
 from .records import Event, LoopConfig, current_proposal
 from .streaks import Streaks
+from .workers import run_in_threads
 
 # What `_attempt` returns for a merge that came out as one of its parents: `iterate` mutates instead (never a stop).
 MERGE_GAVE_NOTHING = StopReason("nothing_new", "the merge reproduced a parent")
@@ -57,13 +60,15 @@ class Engine:
         if not self.train:
             raise EvolverError("an evolution run needs instances: a train split (and a val split to generalise)")
         self.val = validation_ids(task)
+        self.race = RaceSettings.of(task.evolve, config.race, config.race_confidence)
+        self.rule = accept_rule_for(task.objective_specs, config.accept or task.evolve.accept)
         # Calls promised to batches of a process that died (kill -9) were possibly made: they count as spent.
         self.recovered_evals = store.recover_reserved(run)
         row = store.run(run)
         assert row is not None, "create the run in the store first"
         # Views read the run's results under the key they were stored with: this evaluator's.
         store.update_run(run, config={**row.config, "eval_key": evaluator.cache_key})
-        self.standings = Standings(self.val, task.objectives, config.frontier)
+        self.standings = Standings(self.val, task.objectives, config.frontier, task.optimized)
         candidates = store.candidates(run)
         self._trees: dict[str, str] = {c.sha: c.tree for c in candidates}  # commits never change
         # Trees of every candidate of the run -> its branch: a proposal recreating one is a duplicate.
@@ -71,12 +76,13 @@ class Engine:
         self._labels = {c.sha: (c.branch or c.sha[:10]).rsplit("/", 1)[-1] for c in candidates}
         # Every candidate's parents: one dict the merge planner and the context builder share (written here only).
         self._parents: dict[str, tuple[str, ...]] = {c.sha: c.parents for c in candidates}
-        parents = self._parents
+        # (candidate, instance) -> score, of every evaluation this session made or read: minibatch choice.
+        self._known_scores: dict[tuple[str, str], float] = {}
         self.planner = MergePlanner(
-            max_merges=config.max_merges, subsample=config.merge_subsample, parents=parents,
+            max_merges=config.max_merges, subsample=config.merge_subsample, parents=self._parents,
             proposals=store.proposals(run), merges=store.merges(run), merge_base=repo.merge_base,
             overlap=self._overlap) if merger is not None and config.merge else None
-        self.contexts = ContextBuilder(task, run, repo, store, lessons, self.standings, self.label, parents,
+        self.contexts = ContextBuilder(task, run, repo, store, lessons, self.standings, self.label, self._parents,
                                        config.tried_shown, evaluator.cache_key)
         self.streaks = Streaks()
         # Guards the engine's state (usage, standings, known trees) when several iterations run at once; LLM
@@ -107,10 +113,6 @@ class Engine:
     def usage(self) -> Usage:
         return self.meter.usage
 
-    @usage.setter
-    def usage(self, value: Usage) -> None:
-        self.meter.usage = value
-
     def save_progress(self) -> None:
         """Write the usage counters to the store (also called by the driver on Ctrl-C)."""
         with self._lock:
@@ -134,13 +136,11 @@ class Engine:
         if fault is not None:
             raise fault
         with self._lock:
+            self._known_scores.update({(sha, r.instance): r.score for r in results if r.status != "sandbox_error"})
             trouble = self.streaks.sandbox(results)
         if trouble is not None:
             self.stop(trouble)
         return results
-
-    def _budget_stop(self, needed: int) -> StopReason:
-        return self.meter.budget_stop(needed)
 
     def _emit(self, kind: str, message: str) -> None:
         if self.on_event is None:
@@ -176,6 +176,8 @@ class Engine:
                                      f"{missing} more evaluator calls are needed ({self.usage.evals} used of "
                                      f"{self.budget.max_evals}); give a larger --budget-evals")
             self.standings.add(sha, results, order)
+            stored = stored_scores(self.store, self.evaluator.cache_key, self._ref(sha).tree, self.train)
+            self._known_scores.update({(sha, i): x for i, x in stored.items()})
         unfinished = self.store.proposals(self.run_name, status="pending") + [
             p for p in self.store.proposals(self.run_name, status="failed")
             if p.reason in ("budget", "sandbox_error") and p.child_sha]
@@ -184,39 +186,14 @@ class Engine:
         self._teach_missing_lessons()
 
     def _teach_missing_lessons(self) -> None:
-        """A kill between a proposal's outcome and its lesson line leaves a proposal the log does not know:
-        write those lessons now (runs whose log predates proposal ids in lessons are left as they are)."""
-        ours = [x for x in self.lessons.load(self.task.name) if x.run == self.run_name]
-        if any(x.proposal_id is None for x in ours):
-            return
-        taught = {x.proposal_id for x in ours}
-        outcome = {"accepted": "accepted", "rejected": "rejected", "failed": "failed"}
-        for p in self.store.proposals(self.run_name):
-            if p.status in outcome and p.id not in taught:
-                self._lesson(p, outcome[p.status], p.reason, None)
+        """A kill between a proposal's outcome and its lesson line leaves a proposal the log does not know."""
+        for lesson in self.contexts.untaught():
+            self.lessons.append(lesson)
 
     def run(self) -> StopReason:
         """Iterate until a budget or stopping rule says stop (with `workers` iterations in flight); returns why."""
-        workers = max(1, self.config.workers)
-        if workers == 1:
-            self._work()
-        else:
-            threads = [threading.Thread(target=self._work, name=f"evolver-iteration-{k}", daemon=True)
-                       for k in range(workers)]
-            for t in threads:
-                t.start()
-            try:
-                while any(t.is_alive() for t in threads):
-                    for t in threads:
-                        t.join(0.2)
-            except BaseException:
-                self.stop(StopReason("interrupted", "interrupted"))
-                # Let the iterations in flight see the stop before the caller closes the evaluator and the
-                # store under them (bounded: an LLM call or an evaluation may not end soon).
-                deadline = time.monotonic() + WORKER_JOIN_S
-                for t in threads:
-                    t.join(max(0.0, deadline - time.monotonic()))
-                raise
+        run_in_threads(self._work, max(1, self.config.workers),
+                       lambda: self.stop(StopReason("interrupted", "interrupted")), WORKER_JOIN_S)
         if self._error is not None:
             raise self._error
         # Workers end only when _claim found a reason (or an error, raised above).
@@ -237,8 +214,15 @@ class Engine:
                 self._stopping = reason
             if self._stopping is not None:
                 return None
-            self.usage = replace(self.usage, iterations=self.usage.iterations + 1)
+            self.meter.usage = replace(self.usage, iterations=self.usage.iterations + 1)
             return self.usage.iterations
+
+    def _unclaim(self, why: StopReason) -> StopReason:
+        """An iteration the budget stopped before it proposed anything is not counted (a resume of a spent run
+        changes nothing)."""
+        with self._lock:
+            self.meter.usage = replace(self.usage, iterations=self.usage.iterations - 1)
+        return why
 
     def _work(self) -> None:
         try:
@@ -268,26 +252,29 @@ class Engine:
                 # the iteration is not lost to it: it mutates as well.
         rng = random.Random(f"{self.config.seed}:{it}")
         with self._lock:
-            plan = mutation_plan(self.standings, self.train, self.config.minibatch, self.config.accept == "ties", rng)
+            plan = mutation_plan(self.standings, self.train, self.config.minibatch, self.rule == "ties", rng,
+                                 self._known_scores)
         return self._attempt(it, plan, self.proposer, rng)
 
     def _attempt(self, it: int, plan: Plan, proposer: Proposer, rng: random.Random) -> StopReason | None:
         """Store the plan, ask its proposer, then land the proposal."""
-        parent_results: list[InstanceResult] = []
-        if not plan.is_merge:
-            got = self._evaluate(plan.parents[0], plan.instances, plan.split)
-            if got is None:
-                return self._budget_stop(len(plan.instances))
-            parent_results = got
-            if any(r.status == "sandbox_error" for r in parent_results):
-                return None  # no proposal on an unmeasured baseline (the streak stops a run whose sandbox broke)
-            plan = replace(plan, baseline=sum(r.score for r in parent_results))
-        # No proposal (and no paid LLM call) that the budget could not evaluate: the child's calls are held for it
-        # (in memory) from here until its evaluation reserves them, so iterations in flight cannot all pass.
-        held = self.meter.hold(len(plan.instances) * self.task.repeats)
+        # No proposal (and no paid LLM call) that the budget could not evaluate: the child's calls, and for a
+        # mutation the first stage of its validation, are held (in memory) before its parent is evaluated and
+        # until the child's evaluation reserves them, so iterations in flight cannot all pass the check.
+        first = 0 if plan.is_merge else self.race.ends(len(self.val))[0]
+        held = self.meter.hold((len(plan.instances) + first) * self.task.repeats)
         if isinstance(held, StopReason):
-            return held
+            return self._unclaim(held)
         try:
+            parent_results: list[InstanceResult] = []
+            if not plan.is_merge:
+                got = self._evaluate(plan.parents[0], plan.instances, plan.split)
+                if got is None:
+                    return self._unclaim(self.meter.budget_stop(len(plan.instances)))
+                parent_results = got
+                if any(r.status == "sandbox_error" for r in parent_results):
+                    return None  # no proposal on an unmeasured baseline (the streak stops a broken sandbox's run)
+                plan = replace(plan, baseline=sum(r.score for r in parent_results))
             pid = self.store.add_proposal(self.run_name, it, plan.kind, plan.parents[0], list(plan.instances),
                                           plan.baseline, parents=plan.parents, proposer=proposer.name)
             try:
@@ -392,7 +379,7 @@ class Engine:
             self.store.update_proposal(p.id, child_sha=orphan.sha, branch=branch)
             p = replace(p, child_sha=orphan.sha, branch=branch)
             self._labels[orphan.sha] = f"c{p.id}"
-        plan = plan_of(p, self.config.accept == "ties", self.store.merge(p.id))
+        plan = plan_of(p, self.rule == "ties", self.store.merge(p.id))
         if plan.baseline is None:
             parent_results = self._evaluate(plan.parents[0], plan.instances, plan.split)
             if parent_results is None:
@@ -401,39 +388,71 @@ class Engine:
         self._judge(p, plan)
 
     def _judge(self, p: ProposalRow, plan: Plan) -> StopReason | None:
+        """Judge a committed child on its plan's instances against its baseline parent (by the acceptance
+        rule and the gates), then validate an accepted one in stages."""
         assert p.child_sha is not None and plan.baseline is not None
         child_results = self._evaluate(p.child_sha, plan.instances, plan.split)
         if child_results is None:
-            why = self._budget_stop(len(plan.instances))
+            why = self.meter.budget_stop(len(plan.instances))
             self._out_of_budget(p, f"not evaluated: {why.message}")
             return why
         if any(r.status == "sandbox_error" for r in child_results):
             self._not_judged(p, child_results)
             return None
+        # The parent's results there are stored (a mutation's parent was evaluated on the minibatch, a merge's
+        # parents were validated): no evaluator call.
+        baseline = self._evaluate(plan.baseline_parent, plan.instances, plan.split) or []
+        verdict = judge(baseline, child_results, self.task.objective_specs, self.rule, plan.at_least)
         child_sum = sum(r.score for r in child_results)
-        crashed = all(r.status in FAILED_STATUSES for r in child_results)
-        better = child_sum > plan.baseline or (plan.at_least and child_sum >= plan.baseline)
         versus = plan.versus(child_sum, [self.label(s) for s in plan.parents])
-        if crashed or not better:
-            reason = "crashed" if crashed else "tie" if child_sum == plan.baseline else "worse"
-            detail = condense(child_results, budget=1500, include_ok_feedback=False) if crashed else versus
-            self.store.update_proposal(p.id, status="rejected", reason=reason, detail=detail, child_score=child_sum)
-            self._lesson(p, "rejected", reason, child_sum - plan.baseline)
-            with self._lock:
-                self._count(plan, reason)
-            self._emit("iteration", f"{self.label(p.child_sha)} {'merge ' if plan.is_merge else ''}rejected "
-                                    f"({reason}): {detail.splitlines()[0][:100]}")
+        if verdict.detail and (self.rule == "pareto" or verdict.reason == "gate"):
+            versus = f"{versus} ({verdict.detail})"
+        if not verdict.accepted:
+            detail = condense(child_results, budget=1500, include_ok_feedback=False) \
+                if verdict.reason == "crashed" else versus
+            self._reject(p, plan, verdict.reason, detail, child_sum)
             return None
-        val_results = self._evaluate(p.child_sha, self.val, "val")
-        if val_results is None:
-            why = self._budget_stop(len(self.val))
-            self._out_of_budget(p, f"accepted on the {versus}; validation not run: {why.message}", child_sum)
-            return why
-        if any(r.status == "sandbox_error" for r in val_results):
-            self._not_judged(p, val_results)
-            return None
+        return self._validate(p, plan, child_sum, versus)
+
+    def _reject(self, p: ProposalRow, plan: Plan, reason: str, detail: str, child_sum: float) -> None:
+        assert p.child_sha is not None and plan.baseline is not None
+        self.store.update_proposal(p.id, status="rejected", reason=reason, detail=detail, child_score=child_sum)
+        self._lesson(p, "rejected", reason, child_sum - plan.baseline)
         with self._lock:
-            self._accept(p, plan, val_results, child_sum, versus)
+            self._count(plan, reason)
+        self._emit("iteration", f"{self.label(p.child_sha)} {'merge ' if plan.is_merge else ''}rejected "
+                                f"({reason}): {detail.splitlines()[0][:100]}")
+
+    def _validate(self, p: ProposalRow, plan: Plan, child_sum: float, versus: str) -> StopReason | None:
+        """Validate in stages (engine.racing): a gate breach or a child that can no longer matter stops it."""
+        assert p.child_sha is not None
+        with self._lock:
+            race = plan_race(self.val, self.standings, self.task.objective_specs,
+                             random.Random(f"{self.config.seed}:race:{p.id}"), self.race)
+            parents = [self.standings.results(s) for s in plan.parents if s in self.standings]
+        seen: list[InstanceResult] = []
+        for k, stage in enumerate(race.stages()):
+            got = self._evaluate(p.child_sha, stage, "val")
+            if got is None:
+                why = self.meter.budget_stop(len(self.val) - len(seen))
+                self._out_of_budget(p, f"accepted on the {versus}; validation stopped after {len(seen)} of "
+                                       f"{len(self.val)} instances: {why.message}", child_sum)
+                return why
+            if any(r.status == "sandbox_error" for r in got):
+                self._not_judged(p, got)
+                return None
+            seen.extend(got)
+            last = k == len(race.ends) - 1
+            with self._lock:
+                stop = regressed_gate(seen, parents, self.task.objective_specs, last) or (None if last else race_stop(
+                    seen, parents, self.standings, self.task.objective_specs, len(self.val), self.race.confidence))
+            if stop:
+                reason = "gate" if stop.startswith("gate") else "raced"
+                self._reject(p, plan, reason, f"accepted on the {versus}; {stop}", child_sum)
+                return None
+        by_id = {r.instance: r for r in seen}
+        with self._lock:
+            self._accept(p, plan, [by_id[i] for i in self.val], child_sum, versus)
         return None
 
     def _not_judged(self, p: ProposalRow, results: Sequence[InstanceResult]) -> None:
@@ -461,8 +480,8 @@ class Engine:
                                    val_score=val_score, detail=versus)
         self._lesson(p, "accepted", "accepted", child_sum - plan.baseline)
         improved = self.standings.improves_on(p.child_sha, before)
-        self.usage = replace(self.usage, best_score=max(val_score, self.usage.best_score or float("-inf")),
-                             since_improvement=0 if improved else self.usage.since_improvement + 1)
+        self.meter.usage = replace(self.usage, best_score=max(val_score, self.usage.best_score or float("-inf")),
+                                   since_improvement=0 if improved else self.usage.since_improvement + 1)
         self.streaks.accepted()
         if self.planner is not None:
             self.planner.accepted(plan)  # each accepted mutation schedules one merge attempt
@@ -484,7 +503,7 @@ class Engine:
 
     def _count(self, plan: Plan, reason: str) -> None:
         """Streaks and patience after an outcome that was not an acceptance (called under the lock)."""
-        self.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
+        self.meter.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
         warning = self.streaks.outcome(reason, plan.is_merge)  # patience counts a merge, the warning does not
         if warning:
             self._emit("warning", warning)

@@ -41,6 +41,13 @@ class Plan:
     def is_merge(self) -> bool:
         return self.kind == MERGE_KIND
 
+    @property
+    def baseline_parent(self) -> str:
+        """The parent the child is judged against: a mutation's parent, a merge's better parent there."""
+        if self.is_merge and self.parent_sums:
+            return self.parents[max(range(len(self.parent_sums)), key=lambda k: self.parent_sums[k])]
+        return self.parents[0]
+
     def versus(self, child_sum: float, labels: Sequence[str]) -> str:
         """One line for the record: the child's sum against what it had to beat."""
         if self.is_merge and self.parent_sums:
@@ -51,10 +58,34 @@ class Plan:
 
 
 def mutation_plan(standings: Standings, train: Sequence[str], minibatch: int, at_least: bool,
-                  rng: random.Random) -> Plan:
-    parent = standings.frontier().select(rng)
-    batch = rng.sample(list(train), min(minibatch, len(train)))
+                  rng: random.Random, known: Mapping[tuple[str, str], float] | None = None) -> Plan:
+    frontier = standings.frontier()
+    parent = frontier.select(rng)
+    batch = discriminating_minibatch(train, minibatch, parent, frontier.members, known or {}, rng)
     return Plan(MUTATION, (parent,), tuple(batch), "train", None, at_least)
+
+
+def discriminating_minibatch(train: Sequence[str], size: int, parent: str, members: Sequence[str],
+                             known: Mapping[tuple[str, str], float], rng: random.Random) -> list[str]:
+    """A minibatch that can tell the child from its parent: one instance the parent is known to lose to another
+    frontier member (when there is one), then instances drawn with weight 3 where the members' known scores
+    differ, 2 where fewer than two are known yet, 1 where every member known ties (they rarely discriminate).
+    `known`: (candidate, instance) -> stored score."""
+    size = min(size, len(train))
+    loses, weights = [], {}
+    for i in train:
+        scores = [known[(m, i)] for m in members if (m, i) in known]
+        mine = known.get((parent, i))
+        if mine is not None and any(x > mine for x in scores):
+            loses.append(i)
+        weights[i] = 2.0 if len(scores) < 2 else 3.0 if len(set(scores)) > 1 else 1.0
+    batch = [rng.choice(loses)] if loses and size else []
+    pool = [i for i in train if i not in batch]
+    while len(batch) < size and pool:
+        pick = rng.choices(pool, weights=[weights[i] for i in pool], k=1)[0]
+        batch.append(pick)
+        pool.remove(pick)
+    return batch
 
 
 def plan_of(row: ProposalRow, at_least: bool, merge: MergeRow | None = None) -> Plan:

@@ -18,7 +18,7 @@ current_proposal: ContextVar[int | None] = ContextVar("evolver_current_proposal"
 @dataclass(frozen=True)
 class LoopConfig:
     minibatch: int = Defaults.minibatch
-    accept: str = Defaults.accept  # strict: child sum > parent sum; ties: >=
+    accept: str | None = Defaults.accept  # strict | ties | pareto; None: the task's (evolver.objectives)
     frontier: str = Defaults.frontier
     seed: int = Defaults.seed_rng
     workers: int = Defaults.workers  # iterations in flight at once (proposals and their evaluations)
@@ -26,6 +26,8 @@ class LoopConfig:
     merge: bool = Defaults.merge  # merge two frontier candidates now and then (GEPA's schedule)
     max_merges: int = Defaults.max_merges  # merge attempts over the run
     merge_subsample: int = Defaults.merge_subsample  # validation instances a merged candidate is first judged on
+    race: bool | None = None  # validate in stages (engine.racing); None: the task's [evolve] race
+    race_confidence: float | None = None  # None: the task's [evolve] race_confidence
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -1,0 +1,146 @@
+"""Staged validation and acceptance by objectives through the engine's real path (function evaluator, real git
+repository and SQLite store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine_kit import Kit, Scripted, constants, make_engine, set_constant, write_task
+
+from evolver.engine.budget import Budget
+from evolver.engine.loop import LoopConfig
+from evolver.proposers.base import Proposal, ProposalContext
+from evolver.store import Store
+from evolver.views import status
+
+VAL = [f"v{k}" for k in range(16)]
+
+
+def fit(files, example):
+    """1 when BIAS is the example's b, 0.5 otherwise; `cost` is WEIGHT (lower is cheaper)."""
+    c = constants(files)
+    return (1.0 if c["BIAS"] == example["b"] else 0.5), {"objectives": {"cost": c["WEIGHT"]}}
+
+
+def examples(train_b: float, val_b: float) -> dict[str, dict[str, float]]:
+    return {**{f"t{k}": {"b": train_b} for k in range(3)}, **{v: {"b": val_b} for v in VAL}}
+
+
+def proposals(kit: Kit) -> list[tuple[str, str, str]]:
+    store = Store(kit.run_dir / "run.db")
+    try:
+        return [(p.status, p.reason, p.detail) for p in store.proposals("run")]
+    finally:
+        store.close()
+
+
+def run(kit: Kit) -> None:
+    kit.engine.start(kit.seed)
+    try:
+        kit.engine.run()
+    finally:
+        kit.close()
+
+
+def test_a_child_that_overfits_its_minibatch_stops_after_the_first_stage_and_never_joins(tmp_path: Path) -> None:
+    # BIAS 1 is right on every train instance and wrong on every validation one: accepted on the minibatch,
+    # then confidently below the seed after the first stage (4 of 16).
+    kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=examples(1.0, 0.0), val=VAL,
+                      budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False), score=fit)
+    run(kit)
+    [(state, reason, detail)] = proposals(kit)
+    assert (state, reason) == ("rejected", "raced")
+    assert "stopped after 4 of 16 validation instances" in detail and "best on none" in detail
+    # the seed's 16 validation calls and 3 minibatch calls, the child's 3 minibatch calls and 4 validation calls
+    assert len(kit.calls) == 16 + 3 + 3 + 4
+    shown = status(kit.run_dir)
+    assert shown["frontier"] == ["seed"] and len(shown["candidates"]) == 1  # nothing invented for the 12 skipped
+
+
+def test_without_racing_the_same_child_is_validated_in_full(tmp_path: Path) -> None:
+    kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=examples(1.0, 0.0), val=VAL,
+                      budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False, race=False), score=fit)
+    run(kit)
+    assert [p[:2] for p in proposals(kit)] == [("accepted", "accepted")]
+    assert len(kit.calls) == 16 + 3 + 3 + 16
+
+
+def test_a_child_better_on_validation_is_validated_in_full_and_accepted(tmp_path: Path) -> None:
+    kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=examples(1.0, 1.0), val=VAL,
+                      budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False), score=fit)
+    run(kit)
+    assert [p[:2] for p in proposals(kit)] == [("accepted", "accepted")]
+    assert len(kit.calls) == 16 + 3 + 3 + 16
+    assert status(kit.run_dir)["best"] == "c1"
+
+
+def _task(tmp_path: Path, objectives: str) -> Path:
+    root = write_task(tmp_path / "task", train=["t0", "t1", "t2"], val=VAL)
+    (root / "task.toml").write_text('[task]\nmutable = ["sol.py"]\n' + objectives)
+    return root
+
+
+def test_pareto_is_the_default_with_two_optimized_objectives(tmp_path: Path) -> None:
+    # Equal accuracy and cheaper: accepted; cheaper but less accurate: rejected as a trade-off.
+    root = _task(tmp_path, '[objectives]\nscore = "max"\ncost = "min"\n')
+    def cheaper_but_wrong(ctx: ProposalContext) -> Proposal:
+        return Proposal(changes={"sol.py": "WEIGHT = 0.25\n\n\nBIAS = 2.0\n"}, diagnosis="d", change="c")
+
+    kit = make_engine(tmp_path, Scripted([set_constant("WEIGHT", 0.5), cheaper_but_wrong]),
+                      examples=examples(0.0, 0.0), val=VAL, budget=Budget(max_iterations=2),
+                      loop=LoopConfig(minibatch=3, merge=False), score=fit, task_dir=root)
+    assert kit.engine.rule == "pareto"
+    kit.engine.start(kit.seed)
+    kit.engine.run()
+    rows = proposals(kit)
+    kit.close()
+    assert rows[0][:2] == ("accepted", "accepted") and "cost mean 0.5 vs 1" in rows[0][2]
+    assert rows[1][:2] == ("rejected", "tradeoff") and "score sum 1.5 vs 3" in rows[1][2]
+
+
+def test_strict_ignores_a_cheaper_child_when_cost_is_only_reported(tmp_path: Path) -> None:
+    root = _task(tmp_path, '[objectives]\nscore = "max"\ncost = { direction = "min", role = "report" }\n')
+    kit = make_engine(tmp_path, Scripted([set_constant("WEIGHT", 0.5)]), examples=examples(0.0, 0.0), val=VAL,
+                      budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False), score=fit,
+                      task_dir=root)
+    assert kit.engine.rule == "strict"
+    run(kit)
+    assert [p[:2] for p in proposals(kit)] == [("rejected", "tie")]
+
+
+def test_a_gate_broken_during_validation_stops_it_and_the_child_is_never_accepted(tmp_path: Path) -> None:
+    # `kept` is 0 on v3 for a child with BIAS 1 (right everywhere else): better on every other instance, but a
+    # gate breach rejects it, at the stage that saw it.
+    def gated(files, example):
+        c = constants(files)
+        broken = c["BIAS"] == 1.0 and example.get("fragile")
+        return (1.0 if c["BIAS"] == example["b"] else 0.5), {"objectives": {"kept": 0.0 if broken else 1.0}}
+
+    root = _task(tmp_path, '[objectives]\nscore = "max"\nkept = { role = "gate", at_least = 1.0 }\n')
+    ex = examples(1.0, 1.0)
+    ex["v3"] = {"b": 1.0, "fragile": 1.0}
+    kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=ex, val=VAL,
+                      budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False), score=gated,
+                      task_dir=root)
+    run(kit)
+    [(state, reason, detail)] = proposals(kit)
+    assert (state, reason) == ("rejected", "gate") and "v3: kept = 0 (ok), needs >= 1" in detail
+    assert status(kit.run_dir)["frontier"] == ["seed"]
+
+
+def test_a_validation_the_budget_cuts_between_stages_is_finished_by_resume(tmp_path: Path) -> None:
+    from evolver.function_eval import FunctionEvaluator
+    from evolver.runs import resume_run
+
+    # seed 16 + parent minibatch 3 + child 3 + first stage 4 = 26; the second stage (4) does not fit in 28.
+    ex = examples(1.0, 1.0)
+    kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=ex, val=VAL,
+                      budget=Budget(max_evals=28), loop=LoopConfig(minibatch=3, merge=False), score=fit)
+    fn = kit.engine.evaluator.fn  # the same function: the same cache key
+    run(kit)
+    [(state, reason, detail)] = proposals(kit)
+    assert (state, reason) == ("failed", "budget") and "validation stopped after 4 of 16 instances" in detail
+    result = resume_run(kit.run_dir, budget=Budget(max_evals=40),
+                        make_evaluator=lambda t, s: FunctionEvaluator(fn, ex, s, t.digest, None))
+    assert proposals(kit)[0][:2] == ("accepted", "accepted") and result.best_branch.endswith("/c1")
+    assert result.evals == 26 + 12  # the 4 validated before the stop came from the store
