@@ -126,7 +126,7 @@ class Defaults:
     accept: Final = None  # None: pareto when the task optimizes several objectives, else strict
     race: Final = True  # validate accepted children in stages, stopping the ones that cannot matter
     race_confidence: Final = 0.95  # how sure a stop must be that the child is below its parent
-    race_first_stage: Final = 4  # validation instances of the first stage (at least)
+    race_first_stage: Final = 5  # validation instances of the first stage (at least)
     merge: Final = True
     max_merges: Final = 5
     merge_subsample: Final = 5  # validation instances a merged candidate is first judged on

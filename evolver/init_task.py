@@ -265,7 +265,9 @@ def task_toml(name: str, target: str, benchmarks: tuple[str, ...], timeout_s: fl
         profile = true
 
         [objectives]
-        score = "max"
+        # Every test must pass: a candidate failing one is never accepted, and its validation stops at the first
+        # failure (the tests that failed before run first).
+        score = {{ direction = "max", role = "gate", at_least = 1.0 }}
         duration_s = "min"
 
         [evolve]

@@ -1,18 +1,20 @@
 """What a task's objectives are for, and how a child is judged against its parent by them.
 
 Each objective has a direction (max or min) and a role:
-- `optimize`: acceptance and the frontier use it;
+- `optimize`: acceptance and the frontier use it (at least one objective has this role);
 - `gate`: a constraint that must hold. With a bound (`at_least` / `at_most`) it holds per instance: every
-  instance the child is evaluated on must meet it (a failed instance never does; a skipped test is exempt),
-  so a gate stops a validation at its first failure. Without a bound it must not regress against the parent
-  (beyond its tolerance);
+  instance the child is evaluated on must meet it wherever its parent met it (a failed instance and a skipped
+  test never do), so a gate stops a validation at its first failure, and a seed that fails a test does not
+  condemn every child. Without a bound it must not regress against the parent (beyond its tolerance);
 - `report`: measured and shown, never judged (a noisy runtime on a quality task, or a number that restates the
   score).
 `tolerance` is the noise band of an objective, relative to the parent's value (absolute when that is 0): a
 difference inside it is neither an improvement nor a regression.
 
-Acceptance rules over the instances a child is judged on (the score as a sum, other objectives as means):
-- strict: the score is higher; ties: the score is at least as high;
+Acceptance rules over the instances a child is judged on (the score as a sum, other objectives as means over the
+instances where both have a value; a value the child lacks where the parent had one is a loss):
+- strict: the judged objective improves (the score; when the score is a gate, the first optimized objective);
+  ties: it does not get worse;
 - pareto: at least one optimized objective improves beyond its tolerance and none regresses beyond it.
 Under every rule the gates must hold, and a child that produced no result anywhere is rejected as crashed.
 Pure functions over results (anything with instance, status, score, objectives).
@@ -37,7 +39,7 @@ from .config import (
 from .errors import TaskError
 
 __all__ = ["Objective", "Verdict", "accept_rule_for", "directions", "gate_failures", "instance_value", "judge",
-           "parse_objectives", "regressed_gate"]
+           "judged_first", "meets_gate", "paired", "parse_objectives", "regressed_gate"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class Objective:
 
 def accept_rule_for(specs: Mapping[str, Objective], chosen: str | None) -> str:
     """The acceptance rule a run uses: the one chosen, else pareto when the task optimizes more than one
-    objective, else strict."""
+    objective, else strict (on the one it optimizes: `judged_first`)."""
     if chosen:
         return chosen
     return "pareto" if sum(o.role == "optimize" for o in specs.values()) > 1 else "strict"
@@ -104,37 +106,62 @@ def instance_value(result: Any, name: str) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def gate_failures(results: Sequence[Any], specs: Mapping[str, Objective]) -> list[str]:
-    """Per-instance gate breaches, one line each (`instance: name = value, needs >= bound`)."""
+def meets_gate(result: Any, spec: Objective) -> bool:
+    """Whether one instance meets a bounded gate (a skipped test measured nothing: it does not)."""
+    return result.status != "skipped" and spec.meets(instance_value(result, spec.name))
+
+
+def gate_failures(results: Sequence[Any], specs: Mapping[str, Objective],
+                  parents: Sequence[Sequence[Any]] = ()) -> list[str]:
+    """Per-instance breaches of bounded gates, one line each (`instance: name = value (status), needs >= b`).
+    An instance where every parent given breaks the gate as well is not held against the child: a gate asks
+    that nothing breaks that held before (a seed that fails a test does not condemn every child)."""
+    before = [{r.instance: r for r in p} for p in parents]
     out = []
     for spec in specs.values():
         if spec.role != "gate" or not spec.bounded:
             continue
         for r in results:
-            if r.status == "skipped":  # a skipped test measured nothing and broke nothing
+            if meets_gate(r, spec) or (before and all(
+                    r.instance in p and not meets_gate(p[r.instance], spec) for p in before)):
                 continue
             value = instance_value(r, spec.name)
-            if not spec.meets(value):
-                shown = "no result" if value is None else f"{value:.6g}"
-                need = " and ".join(x for x in (f">= {spec.at_least:g}" if spec.at_least is not None else "",
-                                                f"<= {spec.at_most:g}" if spec.at_most is not None else "") if x)
-                out.append(f"{r.instance}: {spec.name} = {shown} ({r.status}), needs {need}")
+            shown = "no result" if value is None or r.status == "skipped" else f"{value:.6g}"
+            need = " and ".join(x for x in (f">= {spec.at_least:g}" if spec.at_least is not None else "",
+                                            f"<= {spec.at_most:g}" if spec.at_most is not None else "") if x)
+            out.append(f"{r.instance}: {spec.name} = {shown} ({r.status}), needs {need}")
     return out
 
 
-def aggregate(results: Sequence[Any], name: str) -> float | None:
-    """The score as a sum (failures count 0), any other objective as the mean over the instances that have it;
-    None when no instance does."""
+def paired(child: Sequence[Any], parent: Sequence[Any], name: str) -> tuple[float | None, float | None, bool]:
+    """(child's, parent's) aggregate over the instances both were evaluated on: the score as a sum (a failure
+    counts 0); any other objective as the mean over the instances where both have a value, with `missing` true
+    when the child lacks a value the parent has (it failed where the parent did not)."""
+    mine = {r.instance: r for r in child}
+    common = [(mine[r.instance], r) for r in parent if r.instance in mine]
     if name == PRIMARY_OBJECTIVE:
-        return sum(instance_value(r, name) or 0.0 for r in results)
-    vals = [v for r in results if (v := instance_value(r, name)) is not None]
-    return sum(vals) / len(vals) if vals else None
+        return (sum(instance_value(c, name) or 0.0 for c, _ in common),
+                sum(instance_value(p, name) or 0.0 for _, p in common), False)
+    values = [(instance_value(c, name), instance_value(p, name)) for c, p in common]
+    both = [(a, b) for a, b in values if a is not None and b is not None]
+    missing = any(a is None and b is not None for a, b in values)
+    if not both:
+        return None, None, missing
+    return sum(a for a, _ in both) / len(both), sum(b for _, b in both) / len(both), missing
+
+
+def judged_first(specs: Mapping[str, Objective]) -> str:
+    """What strict and ties judge: the score when it is optimized, else the first optimized objective (the score
+    may be a gate: a pytest task's tests must pass, and the speed is what improves)."""
+    if specs.get(PRIMARY_OBJECTIVE, Objective(PRIMARY_OBJECTIVE)).role == "optimize":
+        return PRIMARY_OBJECTIVE
+    return next(n for n, o in specs.items() if o.role == "optimize")
 
 
 @dataclass(frozen=True)
 class Verdict:
     accepted: bool
-    reason: str  # accepted | worse | tie | crashed | gate
+    reason: str  # accepted | worse | tie | tradeoff | crashed | gate
     detail: str  # one line per judged objective (and each gate breach)
     gains: tuple[str, ...] = ()  # the objectives it improved
     losses: tuple[str, ...] = ()  # the objectives it regressed
@@ -144,48 +171,48 @@ def judge(parent: Sequence[Any], child: Sequence[Any], specs: Mapping[str, Objec
           at_least: bool = False) -> Verdict:
     """The child's results against the parent's on the same instances, by the rule (`at_least`: a child that
     only equals the parent is enough, as for a merge)."""
-    lines: list[str] = []
     if child and all(r.status in FAILED_STATUSES for r in child):
         return Verdict(False, "crashed", "no result on any instance")
-    breaches = gate_failures(child, specs)
+    breaches = gate_failures(child, specs, [parent])
     if breaches:
-        return Verdict(False, "gate", "; ".join(breaches[:5]) + (f"; {len(breaches) - 5} more" if len(breaches) > 5
-                                                                  else ""))
-    gains, losses = [], []
-    judged = [o for o in specs.values() if o.role == "optimize" or (o.role == "gate" and not o.bounded)]
-    if rule != "pareto":
-        judged = [o for o in judged if o.name == PRIMARY_OBJECTIVE or o.role == "gate"]
+        more = f"; {len(breaches) - 5} more" if len(breaches) > 5 else ""
+        return Verdict(False, "gate", "; ".join(breaches[:5]) + more)
+    first = judged_first(specs)
+    judged = [o for o in specs.values() if (o.role == "gate" and not o.bounded) or
+              (o.role == "optimize" and (rule == "pareto" or o.name == first))]
+    gains, losses, lines = [], [], []
     for spec in judged:
-        a, b = aggregate(child, spec.name), aggregate(parent, spec.name)
-        if a is None and b is None:
+        a, b, missing = paired(child, parent, spec.name)
+        if a is None and b is None and not missing:
             continue
-        if a is None or (b is not None and spec.worse(a, b)):
+        if missing or a is None or (b is not None and spec.worse(a, b)):
             losses.append(spec.name)
         elif b is None or spec.better(a, b):
             gains.append(spec.name)
-        shown_a = "-" if a is None else f"{a:.4g}"
-        shown_b = "-" if b is None else f"{b:.4g}"
         what = "sum" if spec.name == PRIMARY_OBJECTIVE else "mean"
-        lines.append(f"{spec.name} {what} {shown_a} vs {shown_b}")
+        lines.append(f"{spec.name} {what} {'-' if a is None else f'{a:.4g}'} vs {'-' if b is None else f'{b:.4g}'}"
+                     + (" (no value where the parent had one)" if missing else ""))
+    detail = "; ".join(lines)
     gate_losses = [n for n in losses if specs[n].role == "gate"]
     if gate_losses:
-        return Verdict(False, "gate", f"regressed gate {', '.join(gate_losses)}: " + "; ".join(lines),
-                       tuple(gains), tuple(losses))
+        return Verdict(False, "gate", f"regressed gate {', '.join(gate_losses)}: {detail}", tuple(gains),
+                       tuple(losses))
     if rule == "pareto":
-        ok = not losses and (any(specs[n].role == "optimize" for n in gains) or at_least)
-    else:  # strict / ties: the score alone (beyond its tolerance, when it has one)
-        ok = PRIMARY_OBJECTIVE in gains or ((rule == "ties" or at_least) and PRIMARY_OBJECTIVE not in losses)
+        ok = not losses and (bool(gains) or at_least)
+    else:  # strict / ties: one objective (beyond its tolerance, when it has one)
+        ok = first in gains or ((rule == "ties" or at_least) and first not in losses)
     if ok:
-        return Verdict(True, "accepted", "; ".join(lines), tuple(gains), tuple(losses))
+        return Verdict(True, "accepted", detail, tuple(gains), tuple(losses))
     reason = "tradeoff" if gains and losses else "worse" if losses else "tie"
-    return Verdict(False, reason, "; ".join(lines), tuple(gains), tuple(losses))
+    return Verdict(False, reason, detail, tuple(gains), tuple(losses))
 
 
 def regressed_gate(child: Sequence[Any], parents: Sequence[Sequence[Any]], specs: Mapping[str, Objective],
                    complete: bool) -> str | None:
-    """During a validation: a bounded gate the child broke on an instance seen so far; once it is complete
-    (`complete`), also an unbounded gate it regressed against a parent. None when the gates hold."""
-    breaches = gate_failures(child, specs)
+    """During a validation: a bounded gate the child broke on an instance seen so far (where a parent met it);
+    once it is complete (`complete`), also an unbounded gate it regressed against a parent. None when the gates
+    hold."""
+    breaches = gate_failures(child, specs, parents)
     if breaches:
         more = f"; {len(breaches) - 3} more" if len(breaches) > 3 else ""
         return "gate: " + "; ".join(breaches[:3]) + more
@@ -194,12 +221,11 @@ def regressed_gate(child: Sequence[Any], parents: Sequence[Sequence[Any]], specs
     for spec in specs.values():
         if spec.role != "gate" or spec.bounded:
             continue
-        a = aggregate(child, spec.name)
         for parent in parents:
-            b = aggregate(parent, spec.name)
-            if b is not None and (a is None or spec.worse(a, b)):
-                shown = "no value" if a is None else f"{a:.4g}"
-                return f"gate: {spec.name} regressed to {shown} from a parent's {b:.4g}"
+            a, b, missing = paired(child, parent, spec.name)
+            if missing or (a is not None and b is not None and spec.worse(a, b)):
+                shown = "no value where a parent had one" if missing else f"{a:.4g} from a parent's {b:.4g}"
+                return f"gate: {spec.name} regressed: {shown}"
     return None
 
 
@@ -246,6 +272,9 @@ def parse_objectives(raw: Mapping[str, Any], file: str) -> dict[str, Objective]:
                               numbers["at_most"])
     if PRIMARY_OBJECTIVE not in out:
         out = {PRIMARY_OBJECTIVE: Objective(PRIMARY_OBJECTIVE), **out}
+    if not any(o.role == "optimize" for o in out.values()):
+        raise TaskError(file, "[objectives]", 'at least one objective with role "optimize" (what evolution '
+                        "improves)", "none")
     return out
 
 

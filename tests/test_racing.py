@@ -44,15 +44,15 @@ def run(kit: Kit) -> None:
 
 def test_a_child_that_overfits_its_minibatch_stops_after_the_first_stage_and_never_joins(tmp_path: Path) -> None:
     # BIAS 1 is right on every train instance and wrong on every validation one: accepted on the minibatch,
-    # then confidently below the seed after the first stage (4 of 16).
+    # then confidently below the seed after the first stage (5 of 16).
     kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=examples(1.0, 0.0), val=VAL,
                       budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False), score=fit)
     run(kit)
     [(state, reason, detail)] = proposals(kit)
     assert (state, reason) == ("rejected", "raced")
-    assert "stopped after 4 of 16 validation instances" in detail and "best on none" in detail
-    # the seed's 16 validation calls and 3 minibatch calls, the child's 3 minibatch calls and 4 validation calls
-    assert len(kit.calls) == 16 + 3 + 3 + 4
+    assert "stopped after 5 of 16 validation instances" in detail and "best on none" in detail
+    # the seed's 16 validation calls and 3 minibatch calls, the child's 3 minibatch calls and 5 validation calls
+    assert len(kit.calls) == 16 + 3 + 3 + 5
     shown = status(kit.run_dir)
     assert shown["frontier"] == ["seed"] and len(shown["candidates"]) == 1  # nothing invented for the 12 skipped
 
@@ -132,15 +132,35 @@ def test_a_validation_the_budget_cuts_between_stages_is_finished_by_resume(tmp_p
     from evolver.function_eval import FunctionEvaluator
     from evolver.runs import resume_run
 
-    # seed 16 + parent minibatch 3 + child 3 + first stage 4 = 26; the second stage (4) does not fit in 28.
+    # seed 16 + parent minibatch 3 + child 3 + first stage 5 = 27; the second stage (5) does not fit in 30.
     ex = examples(1.0, 1.0)
     kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=ex, val=VAL,
-                      budget=Budget(max_evals=28), loop=LoopConfig(minibatch=3, merge=False), score=fit)
+                      budget=Budget(max_evals=30), loop=LoopConfig(minibatch=3, merge=False), score=fit)
     fn = kit.engine.evaluator.fn  # the same function: the same cache key
     run(kit)
     [(state, reason, detail)] = proposals(kit)
-    assert (state, reason) == ("failed", "budget") and "validation stopped after 4 of 16 instances" in detail
+    assert (state, reason) == ("failed", "budget") and "validation stopped after 5 of 16 instances" in detail
     result = resume_run(kit.run_dir, budget=Budget(max_evals=40),
                         make_evaluator=lambda t, s: FunctionEvaluator(fn, ex, s, t.digest, None))
     assert proposals(kit)[0][:2] == ("accepted", "accepted") and result.best_branch.endswith("/c1")
-    assert result.evals == 26 + 12  # the 4 validated before the stop came from the store
+    assert result.evals == 27 + 11  # the 5 validated before the stop came from the store
+
+
+def test_a_seed_that_breaks_a_gate_is_said_at_start_and_does_not_condemn_its_children(tmp_path: Path) -> None:
+    # `kept` is 0 on v11 for every candidate (the seed included): only what held before must hold.
+    def gated(files, example):
+        c = constants(files)
+        return (1.0 if c["BIAS"] == example["b"] else 0.5), {"objectives": {"kept": 0.0 if example.get("x") else 1.0}}
+
+    root = _task(tmp_path, '[objectives]\nscore = "max"\nkept = { role = "gate", at_least = 1.0 }\n')
+    ex = examples(1.0, 1.0)
+    ex["v11"] = {"b": 1.0, "x": 1.0}
+    kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=ex, val=VAL,
+                      budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False), score=gated,
+                      task_dir=root)
+    events = []
+    kit.engine.on_event = events.append
+    run(kit)
+    assert [p[:2] for p in proposals(kit)] == [("accepted", "accepted")]
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert any("the seed breaks a gate on 1 validation instance(s) (v11: kept = 0" in w for w in warnings)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -24,17 +25,19 @@ from ..evaluation import CandidateEvaluator, CandidateRef, InstanceResult
 from ..evidence import condense
 from ..hunks import overlapping_hunks
 from ..lessons import LessonLog
-from ..objectives import accept_rule_for, judge, regressed_gate
+from ..objectives import accept_rule_for, gate_failures, judge, regressed_gate
 from ..proposers.base import MergeRecord, Proposal, Proposer
 from ..repo import RunRepo, candidate_branch
-from ..run_state import Standings, accepted_order, stored_scores, validation_ids
+from ..run_state import Standings, accepted_order, validation_ids
 from ..store import ProposalRow, Store
 from ..task import Task
 from . import checks
 from .budget import Budget, StopReason, Usage, budget_advice, stop_reason
 from .context import ContextBuilder
 from .faults import BudgetTooSmall, EvaluatorFault, evaluator_fault
+from .knowledge import Knowledge
 from .meter import Meter
+from .outcomes import Outcomes
 from .plans import MergePlanner, Plan, mutation_plan, plan_of
 from .racing import RaceSettings, plan_race, race_stop
 from .records import Event, LoopConfig, current_proposal
@@ -43,6 +46,7 @@ from .workers import run_in_threads
 
 # What `_attempt` returns for a merge that came out as one of its parents: `iterate` mutates instead (never a stop).
 MERGE_GAVE_NOTHING = StopReason("nothing_new", "the merge reproduced a parent")
+HOLD_RETRY_S = 0.2  # with iterations in flight, how long one whose calls cannot be held waits before it retries
 WORKER_JOIN_S = 10.0  # how long Ctrl-C waits for iterations in flight before the run's resources are closed
 
 __all__ = ["BudgetTooSmall", "Engine", "EvaluatorFault", "Event", "LoopConfig", "current_proposal"]
@@ -76,8 +80,7 @@ class Engine:
         self._labels = {c.sha: (c.branch or c.sha[:10]).rsplit("/", 1)[-1] for c in candidates}
         # Every candidate's parents: one dict the merge planner and the context builder share (written here only).
         self._parents: dict[str, tuple[str, ...]] = {c.sha: c.parents for c in candidates}
-        # (candidate, instance) -> score, of every evaluation this session made or read: minibatch choice.
-        self._known_scores: dict[tuple[str, str], float] = {}
+        self.knowledge = Knowledge(task.objective_specs)  # for minibatch choice and the validation order
         self.planner = MergePlanner(
             max_merges=config.max_merges, subsample=config.merge_subsample, parents=self._parents,
             proposals=store.proposals(run), merges=store.merges(run), merge_base=repo.merge_base,
@@ -91,6 +94,9 @@ class Engine:
         self.meter = Meter(run=run, store=store, evaluator=evaluator, budget=budget, lock=self._lock,
                            usage=Usage(evals=row.evals_used, usd=row.usd_used, seconds=row.elapsed_s,
                                        iterations=row.iteration), usd_spent=usd_spent)
+        self.outcomes = Outcomes(store=store, lessons=lessons, contexts=self.contexts, standings=self.standings,
+                                 meter=self.meter, streaks=self.streaks, planner=self.planner, lock=self._lock,
+                                 emit=self._emit, label=self.label)
         self._stopping: StopReason | None = None
         self._error: BaseException | None = None
 
@@ -136,7 +142,7 @@ class Engine:
         if fault is not None:
             raise fault
         with self._lock:
-            self._known_scores.update({(sha, r.instance): r.score for r in results if r.status != "sandbox_error"})
+            self.knowledge.learn(sha, results)
             trouble = self.streaks.sandbox(results)
         if trouble is not None:
             self.stop(trouble)
@@ -176,8 +182,15 @@ class Engine:
                                      f"{missing} more evaluator calls are needed ({self.usage.evals} used of "
                                      f"{self.budget.max_evals}); give a larger --budget-evals")
             self.standings.add(sha, results, order)
-            stored = stored_scores(self.store, self.evaluator.cache_key, self._ref(sha).tree, self.train)
-            self._known_scores.update({(sha, i): x for i, x in stored.items()})
+            broken = gate_failures(results, self.task.objective_specs) if order == 0 else []
+            if broken:  # the seed: children are held only to what held before, and told so
+                self._emit("warning", f"the seed breaks a gate on {len(broken)} validation instance(s) "
+                                      f"({'; '.join(broken[:3])}): children must keep every gate the seed keeps")
+        gated = [p.child_sha for p in self.store.proposals(self.run_name, status="rejected")
+                 if p.reason == "gate" and p.child_sha]
+        self.knowledge.load(self.store, self.evaluator.cache_key, {s: self._ref(s).tree for s, _ in accepted},
+                            self.train)
+        self.knowledge.load(self.store, self.evaluator.cache_key, {s: self._ref(s).tree for s in gated}, self.val)
         unfinished = self.store.proposals(self.run_name, status="pending") + [
             p for p in self.store.proposals(self.run_name, status="failed")
             if p.reason in ("budget", "sandbox_error") and p.child_sha]
@@ -217,11 +230,12 @@ class Engine:
             self.meter.usage = replace(self.usage, iterations=self.usage.iterations + 1)
             return self.usage.iterations
 
-    def _unclaim(self, why: StopReason) -> StopReason:
+    def _unclaim(self, why: StopReason | None, it: int, alone: bool) -> StopReason | None:
         """An iteration the budget stopped before it proposed anything is not counted (a resume of a spent run
-        changes nothing)."""
+        changes nothing), unless it stored a proposal already (`alone` false) or a later one was claimed since."""
         with self._lock:
-            self.meter.usage = replace(self.usage, iterations=self.usage.iterations - 1)
+            if alone and self.usage.iterations == it:
+                self.meter.usage = replace(self.usage, iterations=it - 1)
         return why
 
     def _work(self) -> None:
@@ -240,6 +254,7 @@ class Engine:
 
     def iterate(self, it: int) -> StopReason | None:
         """Iteration `it`; returns a stop reason when the budget ran out mid-way."""
+        merged = False  # whether this iteration stored a merge proposal already
         if self.planner is not None and self.merger is not None:
             rng = random.Random(f"{self.config.seed}:{it}:merge")
             with self._lock:
@@ -248,29 +263,33 @@ class Engine:
                 outcome = self._attempt(it, plan, self.merger, rng)
                 if outcome is not MERGE_GAVE_NOTHING:
                     return outcome
+                merged = True
                 # The merge would have reproduced a parent (or changed nothing): it spent no evaluator call, and
                 # the iteration is not lost to it: it mutates as well.
         rng = random.Random(f"{self.config.seed}:{it}")
         with self._lock:
             plan = mutation_plan(self.standings, self.train, self.config.minibatch, self.rule == "ties", rng,
-                                 self._known_scores)
-        return self._attempt(it, plan, self.proposer, rng)
+                                 self.knowledge.scores)
+        return self._attempt(it, plan, self.proposer, rng, alone=not merged)
 
-    def _attempt(self, it: int, plan: Plan, proposer: Proposer, rng: random.Random) -> StopReason | None:
+    def _attempt(self, it: int, plan: Plan, proposer: Proposer, rng: random.Random,
+                 alone: bool = True) -> StopReason | None:
         """Store the plan, ask its proposer, then land the proposal."""
         # No proposal (and no paid LLM call) that the budget could not evaluate: the child's calls, and for a
         # mutation the first stage of its validation, are held (in memory) before its parent is evaluated and
         # until the child's evaluation reserves them, so iterations in flight cannot all pass the check.
-        first = 0 if plan.is_merge else self.race.ends(len(self.val))[0]
-        held = self.meter.hold((len(plan.instances) + first) * self.task.repeats)
+        held = self.meter.hold((len(plan.instances) + self.race.ends(len(self.val))[0]) * self.task.repeats)
         if isinstance(held, StopReason):
-            return self._unclaim(held)
+            if self.meter.reserved:  # other iterations in flight hold calls: they may give some back
+                time.sleep(HOLD_RETRY_S)
+                return self._unclaim(None, it, alone)
+            return self._unclaim(held, it, alone)
         try:
             parent_results: list[InstanceResult] = []
             if not plan.is_merge:
                 got = self._evaluate(plan.parents[0], plan.instances, plan.split)
                 if got is None:
-                    return self._unclaim(self.meter.budget_stop(len(plan.instances)))
+                    return self._unclaim(self.meter.budget_stop(len(plan.instances)), it, alone)
                 parent_results = got
                 if any(r.status == "sandbox_error" for r in parent_results):
                     return None  # no proposal on an unmeasured baseline (the streak stops a broken sandbox's run)
@@ -281,7 +300,7 @@ class Engine:
                 return self._propose_and_land(pid, it, plan, proposer, rng, parent_results, held)
             except EvaluatorFault as exc:
                 self.store.update_proposal(pid, status="failed", reason="evaluator_error", detail=str(exc)[:4000])
-                self._lesson(self._proposal(pid), "failed", "evaluator_error", None)
+                self.outcomes.lesson(self._proposal(pid), "failed", "evaluator_error", None)
                 raise
         finally:
             self.meter.release(held)
@@ -337,7 +356,7 @@ class Engine:
                                        diagnosis=proposal.diagnosis, change=proposal.change,
                                        operator=proposal.operator, files=sorted(proposal.changes),
                                        failure_kinds=failure_kinds)
-            self._failed(self._proposal(pid), plan, failure or "failed", detail)
+            self.outcomes.failed(self._proposal(pid), plan, failure or "failed", detail)
             return MERGE_GAVE_NOTHING if plan.is_merge and failure in ("duplicate", "noop") else None
         subject = (proposal.change.splitlines()[0][:72] if proposal.change else plan.kind)
         body = f"Diagnosis: {proposal.diagnosis}\nProposer: {made_by}" if proposal.diagnosis else f"Proposer: {made_by}"
@@ -373,7 +392,7 @@ class Engine:
             if orphan is None:
                 self.store.update_proposal(p.id, status="failed", reason="interrupted",
                                            detail="the run stopped before the child was committed")
-                self._lesson(self._proposal(p.id), "failed", "interrupted", None)
+                self.outcomes.lesson(self._proposal(p.id), "failed", "interrupted", None)
                 return
             self.repo.set_branch(branch, orphan.sha)  # it may have been killed before the branch was made
             self.store.update_proposal(p.id, child_sha=orphan.sha, branch=branch)
@@ -394,14 +413,21 @@ class Engine:
         child_results = self._evaluate(p.child_sha, plan.instances, plan.split)
         if child_results is None:
             why = self.meter.budget_stop(len(plan.instances))
-            self._out_of_budget(p, f"not evaluated: {why.message}")
+            self.outcomes.out_of_budget(p, f"not evaluated: {why.message}")
             return why
         if any(r.status == "sandbox_error" for r in child_results):
-            self._not_judged(p, child_results)
+            self.outcomes.not_judged(p, child_results)
             return None
         # The parent's results there are stored (a mutation's parent was evaluated on the minibatch, a merge's
         # parents were validated): no evaluator call.
-        baseline = self._evaluate(plan.baseline_parent, plan.instances, plan.split) or []
+        baseline = self._evaluate(plan.baseline_parent, plan.instances, plan.split)
+        if baseline is None:  # not stored (the evaluator changed since) and not affordable: no verdict now
+            why = self.meter.budget_stop(len(plan.instances))
+            self.outcomes.out_of_budget(p, f"its parent could not be evaluated: {why.message}")
+            return why
+        if any(r.status == "sandbox_error" for r in baseline):
+            self.outcomes.not_judged(p, baseline)
+            return None
         verdict = judge(baseline, child_results, self.task.objective_specs, self.rule, plan.at_least)
         child_sum = sum(r.score for r in child_results)
         versus = plan.versus(child_sum, [self.label(s) for s in plan.parents])
@@ -410,103 +436,38 @@ class Engine:
         if not verdict.accepted:
             detail = condense(child_results, budget=1500, include_ok_feedback=False) \
                 if verdict.reason == "crashed" else versus
-            self._reject(p, plan, verdict.reason, detail, child_sum)
+            self.outcomes.reject(p, plan, verdict.reason, detail, child_sum)
             return None
         return self._validate(p, plan, child_sum, versus)
-
-    def _reject(self, p: ProposalRow, plan: Plan, reason: str, detail: str, child_sum: float) -> None:
-        assert p.child_sha is not None and plan.baseline is not None
-        self.store.update_proposal(p.id, status="rejected", reason=reason, detail=detail, child_score=child_sum)
-        self._lesson(p, "rejected", reason, child_sum - plan.baseline)
-        with self._lock:
-            self._count(plan, reason)
-        self._emit("iteration", f"{self.label(p.child_sha)} {'merge ' if plan.is_merge else ''}rejected "
-                                f"({reason}): {detail.splitlines()[0][:100]}")
 
     def _validate(self, p: ProposalRow, plan: Plan, child_sum: float, versus: str) -> StopReason | None:
         """Validate in stages (engine.racing): a gate breach or a child that can no longer matter stops it."""
         assert p.child_sha is not None
         with self._lock:
-            race = plan_race(self.val, self.standings, self.task.objective_specs,
-                             random.Random(f"{self.config.seed}:race:{p.id}"), self.race)
+            rng = random.Random(f"{self.config.seed}:race:{p.id}")
+            race = plan_race(self.val, self.knowledge.gate_broken, rng, self.race)
             parents = [self.standings.results(s) for s in plan.parents if s in self.standings]
         seen: list[InstanceResult] = []
         for k, stage in enumerate(race.stages()):
             got = self._evaluate(p.child_sha, stage, "val")
             if got is None:
                 why = self.meter.budget_stop(len(self.val) - len(seen))
-                self._out_of_budget(p, f"accepted on the {versus}; validation stopped after {len(seen)} of "
+                self.outcomes.out_of_budget(p, f"accepted on the {versus}; validation stopped after {len(seen)} of "
                                        f"{len(self.val)} instances: {why.message}", child_sum)
                 return why
             if any(r.status == "sandbox_error" for r in got):
-                self._not_judged(p, got)
+                self.outcomes.not_judged(p, got)
                 return None
             seen.extend(got)
             last = k == len(race.ends) - 1
             with self._lock:
                 stop = regressed_gate(seen, parents, self.task.objective_specs, last) or (None if last else race_stop(
-                    seen, parents, self.standings, self.task.objective_specs, len(self.val), self.race.confidence))
+                    seen, parents, self.standings, self.task.objective_specs, race, self.race.confidence))
             if stop:
                 reason = "gate" if stop.startswith("gate") else "raced"
-                self._reject(p, plan, reason, f"accepted on the {versus}; {stop}", child_sum)
+                self.outcomes.reject(p, plan, reason, f"accepted on the {versus}; {stop}", child_sum)
                 return None
         by_id = {r.instance: r for r in seen}
         with self._lock:
-            self._accept(p, plan, [by_id[i] for i in self.val], child_sum, versus)
+            self.outcomes.accept(p, plan, [by_id[i] for i in self.val], child_sum, versus)
         return None
-
-    def _not_judged(self, p: ProposalRow, results: Sequence[InstanceResult]) -> None:
-        """The sandbox failed on the child (not the child's fault, never cached): no verdict on it now; the
-        outcome `sandbox_error` is judged again by the next start, like `budget`."""
-        detail = condense([r for r in results if r.status == "sandbox_error"], budget=1500)
-        self.store.update_proposal(p.id, status="failed", reason="sandbox_error", detail=detail)
-        self._lesson(self._proposal(p.id), "failed", "sandbox_error", None)
-
-    def _out_of_budget(self, p: ProposalRow, detail: str, child_score: float | None = None) -> None:
-        """A committed child the budget cannot judge: its outcome is `budget` (with its lesson), and `resume` with
-        a larger budget judges it then."""
-        again = p.status == "failed" and p.reason == "budget"  # judged again on resume, still out of budget
-        self.store.update_proposal(p.id, status="failed", reason="budget", detail=detail, child_score=child_score)
-        if not again:
-            self._lesson(self._proposal(p.id), "failed", "budget", None)
-
-    def _accept(self, p: ProposalRow, plan: Plan, val_results: Sequence[InstanceResult], child_sum: float,
-                versus: str) -> None:
-        assert p.child_sha is not None and plan.baseline is not None
-        before = self.standings.best_objectives()
-        self.standings.add(p.child_sha, val_results, p.id)
-        val_score = self.standings.mean_score(p.child_sha)
-        self.store.update_proposal(p.id, status="accepted", reason="accepted", child_score=child_sum,
-                                   val_score=val_score, detail=versus)
-        self._lesson(p, "accepted", "accepted", child_sum - plan.baseline)
-        improved = self.standings.improves_on(p.child_sha, before)
-        self.meter.usage = replace(self.usage, best_score=max(val_score, self.usage.best_score or float("-inf")),
-                                   since_improvement=0 if improved else self.usage.since_improvement + 1)
-        self.streaks.accepted()
-        if self.planner is not None:
-            self.planner.accepted(plan)  # each accepted mutation schedules one merge attempt
-        self._emit("iteration", f"c{p.id} accepted: {versus}, val {val_score:.4g}")
-
-    def _failed(self, p: ProposalRow, plan: Plan, failure: str, detail: str) -> None:
-        self._lesson(p, "failed", failure, None)
-        with self._lock:
-            if failure == "llm_error":
-                self.streaks.llm_failed(detail, plan.is_merge)
-            if plan.is_merge and failure == "llm_error" and self.planner is not None:
-                # An LLM outage says nothing about the pair: it stays eligible and the attempt is not counted,
-                # but the failure counts towards the streak that stops a run whose LLM keeps failing.
-                self.planner.release(plan)
-            else:
-                self._count(plan, failure)
-        what = "merge" if plan.is_merge else "proposal"
-        self._emit("iteration", f"{what} {p.id} failed ({failure}): {detail.splitlines()[0][:100] if detail else ''}")
-
-    def _count(self, plan: Plan, reason: str) -> None:
-        """Streaks and patience after an outcome that was not an acceptance (called under the lock)."""
-        self.meter.usage = replace(self.usage, since_improvement=self.usage.since_improvement + 1)
-        warning = self.streaks.outcome(reason, plan.is_merge)  # patience counts a merge, the warning does not
-        if warning:
-            self._emit("warning", warning)
-
-    def _lesson(self, p: ProposalRow, outcome: str, reason: str, delta: float | None) -> None:
-        self.lessons.append(self.contexts.lesson(p, outcome, reason, delta))

@@ -24,7 +24,7 @@ from .mutations import KINDS, Preferences, Site, collect_sites, mutate, mutate_s
 FOCUS_P = 0.85  # probability of mutating a file the evidence names, when there is one
 NAME = "builtin"
 # Outcomes that say something about a mutation kind (duplicates and no-ops cost nothing and say nothing).
-JUDGED = ("accepted", "worse", "tie", "crashed")
+JUDGED = ("accepted", "worse", "tie", "tradeoff", "gate", "raced", "crashed")
 
 
 @dataclass

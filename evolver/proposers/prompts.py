@@ -200,7 +200,7 @@ def mutation_prompt(prompts: Prompts, ctx: ProposalContext, nonce: str) -> str:
                         for path, text in sorted(ctx.parent_files.items()))
     return prompts.render(
         "mutation_user", **_task_fields(task),
-        objectives=", ".join(f"{k} ({v})" for k, v in task.objectives.items()),
+        objectives=", ".join(o.describe() for o in task.objective_specs.values()),
         editable=", ".join(sorted(ctx.parent_files)), files=files,
         scores=", ".join(f"{i}: {status} {score:.4g}" for i, status, score in ev.scores),
         evidence=fence_untrusted(render(ev), nonce),
