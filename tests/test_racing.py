@@ -3,6 +3,7 @@ repository and SQLite store)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from engine_kit import Kit, Scripted, constants, make_engine, set_constant, write_task
@@ -108,20 +109,26 @@ def test_strict_ignores_a_cheaper_child_when_cost_is_only_reported(tmp_path: Pat
     assert [p[:2] for p in proposals(kit)] == [("rejected", "tie")]
 
 
-def test_a_gate_broken_during_validation_stops_it_and_the_child_is_never_accepted(tmp_path: Path) -> None:
-    # `kept` is 0 on v3 for a child with BIAS 1 (right everywhere else): better on every other instance, but a
-    # gate breach rejects it, at the stage that saw it.
+def _gated_kit(tmp_path: Path, fragile: str, breaks: Callable[[float], bool]) -> Kit:
+    """BIAS 1 is right everywhere; `kept` (a gate, at least 1) is 0 on the `fragile` instance for a candidate
+    whose BIAS `breaks` it."""
     def gated(files, example):
-        c = constants(files)
-        broken = c["BIAS"] == 1.0 and example.get("fragile")
-        return (1.0 if c["BIAS"] == example["b"] else 0.5), {"objectives": {"kept": 0.0 if broken else 1.0}}
+        bias = constants(files)["BIAS"]
+        kept = 0.0 if example.get("fragile") and breaks(bias) else 1.0
+        return (1.0 if bias == example["b"] else 0.5), {"objectives": {"kept": kept}}
 
     root = _task(tmp_path, '[objectives]\nscore = "max"\nkept = { role = "gate", at_least = 1.0 }\n')
     ex = examples(1.0, 1.0)
-    ex["v3"] = {"b": 1.0, "fragile": 1.0}
-    kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=ex, val=VAL,
-                      budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False), score=gated,
-                      task_dir=root)
+    ex[fragile] = {"b": 1.0, "fragile": 1.0}
+    return make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=ex, val=VAL,
+                       budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False), score=gated,
+                       task_dir=root)
+
+
+def test_a_gate_broken_during_validation_stops_it_and_the_child_is_never_accepted(tmp_path: Path) -> None:
+    # `kept` is 0 on v3 for a child with BIAS 1 (right everywhere else): better on every other instance, but a
+    # gate breach rejects it, at the stage that saw it.
+    kit = _gated_kit(tmp_path, "v3", lambda bias: bias == 1.0)
     run(kit)
     [(state, reason, detail)] = proposals(kit)
     assert (state, reason) == ("rejected", "gate") and "v3: kept = 0 (ok), needs >= 1" in detail
@@ -148,16 +155,7 @@ def test_a_validation_the_budget_cuts_between_stages_is_finished_by_resume(tmp_p
 
 def test_a_seed_that_breaks_a_gate_is_said_at_start_and_does_not_condemn_its_children(tmp_path: Path) -> None:
     # `kept` is 0 on v11 for every candidate (the seed included): only what held before must hold.
-    def gated(files, example):
-        c = constants(files)
-        return (1.0 if c["BIAS"] == example["b"] else 0.5), {"objectives": {"kept": 0.0 if example.get("x") else 1.0}}
-
-    root = _task(tmp_path, '[objectives]\nscore = "max"\nkept = { role = "gate", at_least = 1.0 }\n')
-    ex = examples(1.0, 1.0)
-    ex["v11"] = {"b": 1.0, "x": 1.0}
-    kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=ex, val=VAL,
-                      budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False), score=gated,
-                      task_dir=root)
+    kit = _gated_kit(tmp_path, "v11", lambda bias: True)
     events = []
     kit.engine.on_event = events.append
     run(kit)

@@ -47,10 +47,13 @@ class Usage:
     since_improvement: int = 0
 
 
-def evals_exhausted(budget: Budget, usage: Usage, next_evals: int) -> str | None:
-    """Checked before every evaluation batch: the evaluator-call budget is never overshot."""
-    if budget.max_evals is not None and next_evals and usage.evals + next_evals > budget.max_evals:
-        return f"evaluator-call budget: {usage.evals} used of {budget.max_evals}, the next batch needs {next_evals}"
+def evals_exhausted(budget: Budget, usage: Usage, next_evals: int, promised: int = 0) -> str | None:
+    """Checked before every evaluation batch: the evaluator-call budget is never overshot (`promised`: calls
+    already reserved for batches in flight or held for a child about to be evaluated)."""
+    if budget.max_evals is not None and next_evals and usage.evals + promised + next_evals > budget.max_evals:
+        held = f" (and {promised} held for evaluations under way)" if promised else ""
+        return (f"evaluator-call budget: {usage.evals} used{held} of {budget.max_evals}, the next batch needs "
+                f"{next_evals}")
     return None
 
 

@@ -46,7 +46,7 @@ class Meter:
 
     def short(self, needed: int) -> str | None:
         """Why `needed` more calls are not affordable now (counting what is promised), or None (lock held)."""
-        return evals_exhausted(self.budget, replace(self.usage, evals=self.usage.evals + self.reserved), needed)
+        return evals_exhausted(self.budget, self.usage, needed, self.reserved)
 
     def budget_stop(self, needed: int) -> StopReason:
         with self.lock:
