@@ -217,3 +217,16 @@ def test_objectives_are_compared_on_the_instances_where_both_have_a_value() -> N
     # the other way round: failing where the parent had a cost is a loss on cost, whatever the mean says
     verdict = judge(child, parent, SPECS, "pareto")
     assert not verdict.accepted and "cost" in verdict.losses and "no value where the parent had one" in verdict.detail
+
+
+def test_instances_that_broke_a_gate_before_are_validated_first_as_a_stage_of_their_own() -> None:
+    import random
+
+    from evolver.engine.racing import RaceSettings, plan_race
+
+    ids = [f"v{k}" for k in range(40)]
+    race = plan_race(ids, {"v7", "v30"}, random.Random(1), RaceSettings())
+    assert set(race.order[:2]) == {"v7", "v30"} and race.ends == (2, 5, 10, 20, 40)
+    assert race.stages()[0] == race.order[:2] and race.looks == 3  # the gate-only stage is no look
+    plain = plan_race(ids, set(), random.Random(1), RaceSettings())
+    assert plain.ends == (5, 10, 20, 40) and plain.looks == 3 and sorted(plain.order) == sorted(ids)

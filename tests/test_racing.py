@@ -162,3 +162,23 @@ def test_a_seed_that_breaks_a_gate_is_said_at_start_and_does_not_condemn_its_chi
     assert [p[:2] for p in proposals(kit)] == [("accepted", "accepted")]
     warnings = [e.message for e in events if e.kind == "warning"]
     assert any("the seed breaks a gate on 1 validation instance(s) (v11: kept = 0" in w for w in warnings)
+
+
+def test_the_next_child_runs_the_instance_a_gate_broke_on_first_and_stops_there(tmp_path: Path) -> None:
+    # c1 (BIAS 1) breaks the gate on v3 and is rejected; c2 (BIAS 1 and WEIGHT 3: other files, the same breach)
+    # passes its minibatch too, and its validation starts with v3 alone: one evaluation, then the stop.
+    def both(ctx: ProposalContext) -> Proposal:
+        text = ctx.parent_files["sol.py"].replace("WEIGHT = 1.0", "WEIGHT = 3.0").replace("BIAS = 0.0", "BIAS = 1.0")
+        return Proposal(changes={"sol.py": text}, diagnosis="d", change="c")
+
+    kit = _gated_kit(tmp_path, "v3", lambda bias: bias == 1.0)
+    kit.engine.proposer.replies.append(both)
+    kit.engine.budget = Budget(max_iterations=2)
+    kit.engine.start(kit.seed)
+    kit.engine.run()
+    c2 = kit.store.proposals("run")[1]
+    tree = kit.engine._ref(c2.child_sha).tree
+    validated = kit.store.cached(kit.engine.evaluator.cache_key, tree, VAL)
+    kit.close()
+    assert [p[:2] for p in proposals(kit)] == [("rejected", "gate"), ("rejected", "gate")]
+    assert [i for i, _ in validated] == ["v3"]

@@ -15,8 +15,9 @@ The bound assumes the differences are not ruled by rare large gains on instances
 gain is on a few instances is usually best there, and a child best on an instance seen is never stopped.
 
 The order: when the task has bounded gates, the instances some candidate of the run broke a gate on come
-first (a pytest suite runs the tests that failed before first, and the first failure stops it); then a random
-order drawn from the run's seed and the proposal. Only the random part enters the bound.
+first, as a stage of their own when they are fewer than the first stage (a pytest suite runs the tests that
+failed before first, and a failure among them stops it); then a random order drawn from the run's seed and the
+proposal. Only the random part enters the bound.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class Race:
 
     @property
     def looks(self) -> int:
-        """Decision points: after every stage but the last."""
-        return max(1, len(self.ends) - 1)
+        """Decision points of the confidence bound: after every stage but the last that holds sampled instances
+        (a stage of the forced instances alone is a gate check only)."""
+        return max(1, sum(end > len(self.forced) for end in self.ends[:-1]))
 
     def stages(self) -> list[tuple[str, ...]]:
         starts = (0, *self.ends[:-1])
@@ -90,7 +92,10 @@ def plan_race(val_ids: Sequence[str], risky: Set[str], rng: random.Random, setti
     rng.shuffle(ids)
     first = [i for i in ids if i in risky]
     order = tuple(first + [i for i in ids if i not in risky])
-    return Race(order, settings.ends(len(order)), frozenset(first))
+    ends = settings.ends(len(order))
+    if settings.enabled and first and len(first) < ends[0]:
+        ends = (len(first), *ends)  # the instances that broke a gate before, alone: a breach there ends it soonest
+    return Race(order, ends, frozenset(first))
 
 
 def t_cdf(t: float, df: int) -> float:
