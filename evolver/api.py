@@ -117,11 +117,13 @@ def show(run_dir: str | Path, candidate: str) -> dict[str, Any]:
 
 
 def export(run_dir: str | Path, candidate: str = Defaults.candidate, *, branch: str | None = None,
-           patch: str | Path | None = None) -> dict[str, Any]:
-    """A candidate as a branch of the run repository, or as a patch file against the seed."""
+           patch: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+    """A candidate as a branch of the run repository, or as a patch file against the seed; a candidate that
+    breaks the task's gates only with `force`."""
     from . import views
 
-    return views.export(run_dir, candidate, branch=branch, patch=str(patch) if patch is not None else None)
+    return views.export(run_dir, candidate, branch=branch, patch=str(patch) if patch is not None else None,
+                        force=force)
 
 
 def init_pytest(repo: str | Path, target: str, *, out: str | Path | None = None, name: str | None = None,

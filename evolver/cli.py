@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     group = ex.add_mutually_exclusive_group(required=True)
     group.add_argument("--branch")
     group.add_argument("--patch")
+    ex.add_argument("--force", action="store_true", help="export a candidate that breaks the task's gates")
     ex.add_argument("--json", action="store_true")
 
     from . import init_cli, sandbox_cli
@@ -126,19 +127,21 @@ def _fmt(v: Any) -> str:
 
 
 def _render_eval(report, verbose: bool) -> None:
-    from rich.console import Console
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
 
+    from .console import console as make_console
     from .evidence import clip, hot_spot_table, sanitize
 
-    console = Console()
+    console = make_console()
     names = [n for n in report.objectives if n != PRIMARY_OBJECTIVE]
     title = f"{report.task} @ {report.ref} ({report.sha[:10]}, tree {report.tree[:10]}) - {report.backend} sandbox"
     table = Table(title=title, title_justify="left")
     for col in ("instance", "split", "status", "score", *names, "cpu s", "peak MB", "cached"):
-        table.add_column(col, justify="left" if col in ("instance", "split", "status") else "right")
+        # An id is folded onto more lines when it must be, never cut.
+        table.add_column(col, justify="left" if col in ("instance", "split", "status") else "right",
+                         overflow="fold" if col == "instance" else "ellipsis")
     for r in report.results:
         style = None if r.ok else "red"
         usage = r.usage or {}

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import FAILED_STOPS
+from .console import console as make_console
 from .evidence import sanitize
 
 
@@ -35,7 +36,7 @@ class LiveView:
 
     def __init__(self, budget: dict[str, Any], enabled: bool) -> None:
         self.budget, self.enabled = budget, enabled
-        self.console = Console(stderr=True)
+        self.console = make_console(stderr=True)
         self.last = "starting: evaluating the seed on the validation split"
         self.live: Live | None = None
 
@@ -90,7 +91,7 @@ def _print_result(result, as_json: bool) -> None:
     if as_json:
         _print_json(doc)
         return
-    console = Console()
+    console = make_console()
     console.print(Text(f"stopped ({result.stop_kind}): {result.stop_reason}"))
     console.print(Text(f"{result.iterations} iterations, {result.evals} evaluator calls, ${result.usd:.4f}, "
                        f"{result.seconds:.0f} s"))
@@ -142,7 +143,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     doc = status(args.run_dir)
     if args.json:
         return _print_json(doc)
-    console = Console()
+    console = make_console()
     kind = f" ({doc['stop_kind']})" if doc["stop_kind"] else ""
     console.print(Text(f"run {doc['run']} ({doc['task']}): {doc['state']}"
                        + (f", stopped{kind}: {doc['stop_reason']}" if doc["stop_reason"] else "")))
@@ -153,13 +154,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
                        f"{llm['prompt_tokens']}+{llm['completion_tokens']} tokens, ${doc['usd_used']:.4f}), "
                        f"{doc['elapsed_s']:.0f} s; model {doc['model']}"))
     names = sorted({k for c in doc["candidates"] for k in c["objectives"]}, key=lambda k: k != "score")
+    gated = any(c["gate_breaches"] for c in doc["candidates"])  # a column only when some candidate breaks one
     table = Table(title="accepted candidates (validation)", title_justify="left")
-    for col in ("candidate", "frontier", "wins", *names):
+    for col in ("candidate", "frontier", "wins", *(("gates broken",) if gated else ()), *names):
         table.add_column(col, justify="left" if col == "candidate" else "right")
     for c in doc["candidates"]:
         table.add_row(c["candidate"] + (" (best)" if c["candidate"] == doc["best"] else ""),
                       "yes" if c["on_frontier"] else "", _fmt(c["wins"]),
-                      *(_fmt(c["objectives"].get(n)) for n in names))
+                      *((str(c["gate_breaches"]),) if gated else ()), *(_fmt(c["objectives"].get(n)) for n in names))
     console.print(table)
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(doc["proposals"].items()))
     console.print(Text(f"proposals: {outcomes or 'none yet'}"))
@@ -177,7 +179,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     doc = show(args.run_dir, args.candidate)
     if args.json:
         return _print_json(doc)
-    console = Console()
+    console = make_console()
     where = f"{doc['sha'][:12]} on {doc['branch']}" if doc["sha"] else "(no child)"
     console.print(Text(f"{doc['candidate']} {where} (parent {(doc['parent'] or '-')[:12]}), {doc['kind']}: "
                        f"{doc['status']}" + (f" ({doc['reason']})" if doc["reason"] else "")))
@@ -192,10 +194,16 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if doc["val"]:
         table = Table(title="validation", title_justify="left")
         for col in ("instance", "status", "score"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for inst, r in doc["val"].items():
-            table.add_row(inst, r["status"], _fmt(r["score"]))
+            table.add_row(Text(inst), r["status"], _fmt(r["score"]))  # Text: ids like test[a-b] are no markup
         console.print(table)
+    if doc.get("gate_breaches"):
+        console.print(Panel(Text(sanitize("\n".join(doc["gate_breaches"]))), title="gates broken",
+                            title_align="left"))
+    for f in doc.get("failures", [])[:10]:
+        console.print(Panel(Text(sanitize(f["feedback"] or "(no feedback)")), title=f"{f['instance']}: {f['status']}",
+                            title_align="left"))
     if doc["llm_calls"]:
         _print_llm_calls(console, doc["llm_calls"])
     if doc["diff"]:
@@ -239,12 +247,12 @@ def _print_merge(console: Console, merge: dict[str, Any]) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .api import export
 
-    doc = export(args.run_dir, args.candidate, branch=args.branch, patch=args.patch)
+    doc = export(args.run_dir, args.candidate, branch=args.branch, patch=args.patch, force=args.force)
     if args.json:
         _print_json(doc)
     else:
         what = f"branch {doc['branch']}; {doc['fetch']}" if "branch" in doc else f"{doc['patch']}; {doc['apply']}"
-        Console().print(Text(f"{doc['candidate']} ({doc['sha'][:12]}) exported: {what}"))
+        make_console().print(Text(f"{doc['candidate']} ({doc['sha'][:12]}) exported: {what}"))
     return 0
 
 

@@ -19,6 +19,7 @@ from .config import MERGE_KIND, PRIMARY_OBJECTIVE
 from .errors import UserInputError
 from .evaluation import InstanceResult, aggregate, cache_key, instances_for
 from .frontier import CandidateScores, Frontier, build_frontier, rank_key, scores_from_results
+from .objectives import Objective, gate_failures
 from .repo import RunRepo, seed_branch
 from .run_lock import held
 from .store import MergeRow, ProposalRow, RunRow, Store
@@ -36,11 +37,15 @@ class Standings:
     """Accepted candidates' validation results -> frontier and best (oldest candidate first)."""
 
     def __init__(self, val_ids: Sequence[str], objectives: Mapping[str, str], mode: str,
-                 optimized: Mapping[str, str] | None = None) -> None:
+                 optimized: Mapping[str, str] | None = None, gates: Mapping[str, Objective] | None = None) -> None:
         """`objectives`: every objective's direction (all are aggregated and shown); `optimized`: the ones the
-        objective frontier and the order of "best" use (default: all)."""
+        objective frontier and the order of "best" use (default: all); `gates`: the task's objectives, whose
+        bounded gates a candidate must keep on every validation instance to be on the frontier or best (unless
+        none keeps them all)."""
         self.val_ids, self.objectives, self.mode = list(val_ids), dict(objectives), mode
         self.optimized = dict(optimized) if optimized is not None else self.objectives
+        self.gates = dict(gates or {})
+        self._breaches: dict[str, tuple[str, ...]] = {}
         self._scores: dict[str, CandidateScores] = {}
         self._results: dict[str, tuple[InstanceResult, ...]] = {}
         self._order: dict[str, int] = {}
@@ -51,6 +56,7 @@ class Standings:
         for the best go to the earlier, whatever order candidates were accepted in (workers finish out of
         order) or loaded in."""
         scores = scores_from_results(sha, results, self.objectives)
+        self._breaches[sha] = tuple(gate_failures(results, self.gates)) if self.gates else ()
         late = bool(self._order) and order < max(self._order.values())  # a worker that finished out of order
         self._scores[sha], self._results[sha], self._order[sha] = scores, tuple(results), order
         if late:
@@ -80,16 +86,27 @@ class Standings:
         per = self._scores[sha].per_instance
         return sum(per.get(i) or 0.0 for i in ids)
 
+    def breaches(self, sha: str) -> tuple[str, ...]:
+        """The bounded gates the candidate breaks on validation instances (one line each)."""
+        return self._breaches.get(sha, ())
+
+    def _eligible(self) -> list[str]:
+        """Candidates that keep every bounded gate on every validation instance (all, when none does)."""
+        keeping = [s for s in self._scores if not self._breaches.get(s)]
+        return keeping or list(self._scores)
+
     def frontier(self) -> Frontier:
         # Rebuilt only when a candidate joins: selection and the live view reuse it.
         if self._frontier is None:
-            self._frontier = build_frontier(list(self._scores.values()), self.val_ids, self.optimized, self.mode)
+            eligible = set(self._eligible())
+            self._frontier = build_frontier([c for s, c in self._scores.items() if s in eligible], self.val_ids,
+                                            self.optimized, self.mode)
         return self._frontier
 
     def best(self) -> str | None:
         if not self._scores:
             return None
-        return max(self._scores, key=lambda s: rank_key(self._scores[s].objectives, self.optimized))
+        return max(self._eligible(), key=lambda s: rank_key(self._scores[s].objectives, self.optimized))
 
     def best_objectives(self) -> dict[str, float | None] | None:
         b = self.best()
@@ -167,7 +184,7 @@ def load_standings(store: Store, trees: Mapping[str, str], key: str, task: Task,
                    mode: str, repeats: int) -> Standings:
     """`trees`: commit -> tree, from the candidate rows (one query, where a git call per candidate would do)."""
     val = validation_ids(task)
-    standings = Standings(val, task.objectives, mode, task.optimized)
+    standings = Standings(val, task.objectives, mode, task.optimized, task.objective_specs)
     for sha, order in shas:
         if sha not in trees:
             continue

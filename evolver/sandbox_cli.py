@@ -29,11 +29,11 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from rich.console import Console
 
     from . import api
+    from .console import console as make_console
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     with console.status("checking the sandbox image", spinner="dots") as status:
         record = api.sandbox_build(rebuild=args.rebuild, mirror=args.mirror, task=args.task,
                                    progress=status.update)
@@ -57,10 +57,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _render_check(doc: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from .console import console as make_console
+
+    console = make_console()
     console.print(f"backend: [bold]{doc['backend']}[/] ({doc['why']}); self-test {doc['status']} in "
                   f"{doc['seconds']} s")
     table = Table("isolation", "in force", show_lines=False)

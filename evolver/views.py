@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .config import PASSING_STATUSES
 from .errors import UserInputError
 from .repo import RunRepo, seed_branch
 from .run_state import RunState, merge_summary, read_state, stored_scores
@@ -18,7 +19,8 @@ def status(run_dir: str | Path) -> dict[str, Any]:
     frontier = standings.frontier()
     weight = dict(zip(frontier.members, frontier.weights, strict=True))
     table = [{"candidate": state.label(sha), "sha": sha, "on_frontier": sha in weight, "wins": weight.get(sha, 0.0),
-              "objectives": dict(standings.scores(sha).objectives)} for sha in standings.candidates()]
+              "objectives": dict(standings.scores(sha).objectives), "gate_breaches": len(standings.breaches(sha))}
+             for sha in standings.candidates()]
     best = standings.best()
     row = state.run
     return {
@@ -109,8 +111,11 @@ def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
     info = repo.info(sha)
     parent = info.parents[0] if info.parents else None
     diff = repo.diff(parent, sha).decode(errors="replace") if parent else ""
-    val = {r.instance: {"status": r.status, "score": r.score, "objectives": r.objectives}
-           for r in (state.standings.results(sha) if sha in state.standings else ())}
+    results = state.standings.results(sha) if sha in state.standings else ()
+    val = {r.instance: {"status": r.status, "score": r.score, "objectives": r.objectives} for r in results}
+    # What went wrong where: every validation instance that did not pass, with the start of its feedback.
+    failures = [{"instance": r.instance, "status": r.status, "feedback": "\n".join(r.feedback.splitlines()[:12])}
+                for r in results if r.status not in PASSING_STATUSES]
     mini: dict[str, float] = {}
     calls: list[dict[str, Any]] = []
     if p is not None:
@@ -128,17 +133,33 @@ def show(run_dir: str | Path, ident: str) -> dict[str, Any]:
         "minibatch": mini, "parent_minibatch_sum": p.parent_score if p else None,
         "child_minibatch_sum": p.child_score if p else None, "val": val, "diff": diff,
         "parents": list(info.parents), "merge": _merge_view(state, p) if p is not None and p.kind == "merge" else None,
-        "llm_calls": calls,
+        "llm_calls": calls, "failures": failures,
+        "gate_breaches": list(state.standings.breaches(sha)) if sha in state.standings else [],
     }
 
 
+def _refusal(state: RunState, sha: str, p: ProposalRow | None, ident: str) -> str | None:
+    """Why a candidate is not exported without --force: it breaks the task's gates (on its validation, or it
+    was rejected for a breach)."""
+    breaches = state.standings.breaches(sha) if sha in state.standings else ()
+    if breaches:
+        return (f"{ident} breaks the task's gates on {len(breaches)} validation instance(s) "
+                f"({'; '.join(breaches[:3])})")
+    if p is not None and p.reason == "gate":
+        return f"{ident} was rejected for breaking the task's gates ({p.detail[:300]})"
+    return None
+
+
 def export(run_dir: str | Path, ident: str = "best", *, branch: str | None = None,
-           patch: str | None = None) -> dict[str, Any]:
+           patch: str | None = None, force: bool = False) -> dict[str, Any]:
     if (branch is None) == (patch is None):
         raise UserInputError("export: expected exactly one of --branch NAME or --patch FILE")
     state = read_state(run_dir)
     repo = RunRepo.open_existing(state.path / "repo")
-    sha, _ = resolve_candidate(state, repo, ident)
+    sha, p = resolve_candidate(state, repo, ident)
+    refusal = _refusal(state, sha, p, ident)
+    if refusal and not force:
+        raise UserInputError(f"export: {refusal}: not exported (--force exports it anyway)")
     if branch is not None:
         repo.set_branch(branch, sha)
         return {"candidate": ident, "sha": sha, "branch": branch,
@@ -146,5 +167,15 @@ def export(run_dir: str | Path, ident: str = "best", *, branch: str | None = Non
     assert patch is not None
     diff = repo.diff(state.seed, sha, binary=True)
     Path(patch).write_bytes(diff)
-    return {"candidate": ident, "sha": sha, "patch": patch, "bytes": len(diff),
-            "apply": "git apply --directory=<the task's seed folder> " + patch}
+    return {"candidate": ident, "sha": sha, "patch": patch, "bytes": len(diff), "apply": apply_hint(state, patch)}
+
+
+def apply_hint(state: RunState, patch: str) -> str:
+    """How to apply a patch against the seed: its paths are relative to the seed folder, so in that folder (or in
+    the repository `evolver init` copied it from) plainly; from the top of a git repository holding the seed
+    folder, with --directory set to where it is there."""
+    seed, path = state.task.seed_dir.resolve(), Path(patch).resolve()
+    top = next((d for d in (seed, *seed.parents) if (d / ".git").exists()), None)
+    here = (f"cd {seed} && git apply {path}" if top is None or top == seed else
+            f"git -C {top} apply --directory={seed.relative_to(top)} {path}")
+    return f"{here} (or `git apply {path}` at the top of the repository the seed was copied from)"

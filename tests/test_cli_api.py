@@ -20,10 +20,11 @@ from evolver.runs import RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBSHOP = ROOT / "tasks" / "jobshop"
-CLI_MODULES = ("cli.py", "run_cli.py", "sandbox_cli.py", "init_cli.py")
-# What the CLI modules may import of evolver: the api, the config tree, errors, each other, and the sanitizing of
-# untrusted text for the terminal.
-CLI_MAY_IMPORT = {"api", "config", "errors", "registry", "evidence", "cli", "run_cli", "sandbox_cli", "init_cli"}
+CLI_MODULES = ("cli.py", "run_cli.py", "sandbox_cli.py", "init_cli.py", "console.py")
+# What the CLI modules may import of evolver: the api, the config tree, errors, each other, the console they print
+# through, and the sanitizing of untrusted text for the terminal.
+CLI_MAY_IMPORT = {"api", "config", "errors", "registry", "evidence", "cli", "run_cli", "sandbox_cli", "init_cli",
+                  "console"}
 
 
 def _probe(code: str) -> str:

@@ -17,7 +17,7 @@ LAYERS = [
     {"engine"},
     {"runs", "views", "eval_report", "init_task"},
     {"api"},
-    {"cli", "run_cli", "init_cli", "sandbox_cli", "__main__"},
+    {"cli", "run_cli", "init_cli", "sandbox_cli", "console", "__main__"},
 ]
 
 

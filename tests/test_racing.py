@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from engine_kit import Kit, Scripted, constants, make_engine, set_constant, write_task
 
 from evolver.engine.budget import Budget
@@ -182,3 +183,81 @@ def test_the_next_child_runs_the_instance_a_gate_broke_on_first_and_stops_there(
     kit.close()
     assert [p[:2] for p in proposals(kit)] == [("rejected", "gate"), ("rejected", "gate")]
     assert [i for i, _ in validated] == ["v3"]
+
+
+def test_a_candidate_that_breaks_a_gate_is_never_best_nor_exported_without_force(tmp_path: Path) -> None:
+    from evolver.errors import UserInputError
+    from evolver.views import export, show
+
+    kit = _gated_kit(tmp_path, "v11", lambda bias: bias == 0.0)  # the seed breaks v11, the child keeps it
+    run(kit)
+    doc = status(kit.run_dir)
+    assert doc["best"] == "c1" and doc["frontier"] == ["c1"]
+    assert {c["candidate"]: c["gate_breaches"] for c in doc["candidates"]} == {"seed": 1, "c1": 0}
+    seed = show(kit.run_dir, "seed")
+    assert seed["gate_breaches"] == ["v11: kept = 0 (ok), needs >= 1"]
+    with pytest.raises(UserInputError, match=r"seed breaks the task's gates on 1 validation instance\(s\)"):
+        export(kit.run_dir, "seed", patch=str(tmp_path / "seed.patch"))
+    assert export(kit.run_dir, "seed", patch=str(tmp_path / "seed.patch"), force=True)["bytes"] == 0
+    assert export(kit.run_dir, "best", patch=str(tmp_path / "best.patch"))["bytes"] > 0
+
+
+def test_a_child_rejected_for_a_gate_shows_why_and_is_not_exported_without_force(tmp_path: Path) -> None:
+    from evolver.errors import UserInputError
+    from evolver.views import export, show
+
+    kit = _gated_kit(tmp_path, "v3", lambda bias: bias == 1.0)
+    run(kit)
+    assert show(kit.run_dir, "c1")["reason"] == "gate"
+    with pytest.raises(UserInputError, match="c1 was rejected for breaking the task's gates"):
+        export(kit.run_dir, "c1", branch="try")
+    assert export(kit.run_dir, "c1", branch="try", force=True)["branch"] == "try"
+
+
+def test_show_gives_the_failing_instances_with_their_feedback(tmp_path: Path) -> None:
+    from evolver.views import show
+
+    def fragile(files, example):
+        if example.get("boom"):
+            raise ValueError("no answer for this one")
+        return fit(files, example)
+
+    ex = examples(1.0, 1.0)
+    ex["v5"] = {"b": 1.0, "boom": 1.0}
+    kit = make_engine(tmp_path, Scripted([]), examples=ex, val=VAL, budget=Budget(max_iterations=1),
+                      loop=LoopConfig(minibatch=3, merge=False), score=fragile)
+    run(kit)
+    [failure] = show(kit.run_dir, "seed")["failures"]
+    assert failure["instance"] == "v5" and failure["status"] == "error"
+    assert "ValueError: no answer for this one" in failure["feedback"]
+
+
+def test_show_through_a_pipe_keeps_ids_with_brackets_whole(tmp_path: Path, capsys) -> None:
+    from evolver import cli
+
+    long_id = "tests/test_lexer.py::test_every_token_kind_round_trips[" + "x" * 150 + "]"
+    ex = {"t0": {"b": 0.0}, "v[1]": {"b": 0.0}, long_id: {"b": 0.0}}
+    kit = make_engine(tmp_path, Scripted([]), examples=ex, val=["v[1]", long_id], budget=Budget(max_iterations=1),
+                      loop=LoopConfig(minibatch=1, merge=False), score=fit)
+    run(kit)
+    assert cli.main(["show", str(kit.run_dir), "seed"]) == 0
+    out = capsys.readouterr().out
+    assert "v[1]" in out and "…" not in out
+    assert out.count("x") >= 150 and "round_trips[" in out  # folded onto lines if need be, never cut
+
+
+def test_the_apply_hint_of_an_exported_patch_applies_it(tmp_path: Path) -> None:
+    import shlex
+    import subprocess
+
+    from evolver.views import export
+
+    kit = make_engine(tmp_path, Scripted([set_constant("BIAS", 1.0)]), examples=examples(1.0, 1.0), val=VAL,
+                      budget=Budget(max_iterations=1), loop=LoopConfig(minibatch=3, merge=False), score=fit)
+    run(kit)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # the task folder inside a git repository
+    hint = export(kit.run_dir, "best", patch=str(tmp_path / "best.patch"))["apply"]
+    command = hint.split(" (or ")[0]
+    assert command.startswith(f"git -C {tmp_path.resolve()} apply --directory=task/seed ")
+    subprocess.run(shlex.split(command), check=True)
+    assert "BIAS = 1.0" in (tmp_path / "task" / "seed" / "sol.py").read_text()

@@ -72,7 +72,8 @@ class Engine:
         assert row is not None, "create the run in the store first"
         # Views read the run's results under the key they were stored with: this evaluator's.
         store.update_run(run, config={**row.config, "eval_key": evaluator.cache_key})
-        self.standings = Standings(self.val, task.objectives, config.frontier, task.optimized)
+        self.standings = Standings(self.val, task.objectives, config.frontier, task.optimized,
+                                   task.objective_specs)
         candidates = store.candidates(run)
         self._trees: dict[str, str] = {c.sha: c.tree for c in candidates}  # commits never change
         # Trees of every candidate of the run -> its branch: a proposal recreating one is a duplicate.
