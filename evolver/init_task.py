@@ -268,10 +268,12 @@ def task_toml(name: str, target: str, benchmarks: tuple[str, ...], timeout_s: fl
         # Every test must pass: a candidate failing one is never accepted, and its validation stops at the first
         # failure (the tests that failed before run first).
         score = {{ direction = "max", role = "gate", at_least = 1.0 }}
-        duration_s = "min"
+        # Test durations are noisy: within 5% of the parent's is a tie.
+        duration_s = {{ direction = "min", tolerance = 0.05 }}
 
         [evolve]
-        # Passing every test ties; the objective frontier keeps the fastest passing candidates as parents.
+        # A child that passes every test and is not slower (beyond the tolerance) is kept; the objective frontier
+        # keeps the fastest passing candidates as parents.
         frontier = "objective"
         accept = "ties"
 
