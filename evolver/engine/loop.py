@@ -407,28 +407,32 @@ class Engine:
             plan = replace(plan, baseline=sum(r.score for r in parent_results))
         self._judge(p, plan)
 
+    def _judgeable(self, p: ProposalRow, sha: str, plan: Plan, unaffordable: str
+                   ) -> list[InstanceResult] | StopReason | None:
+        """`sha`'s results on the plan's instances, or, when there are none to judge by, the outcome recorded for
+        the proposal: a budget stop (returned) or a sandbox failure (None)."""
+        results = self._evaluate(sha, plan.instances, plan.split)
+        if results is None:
+            why = self.meter.budget_stop(len(plan.instances))
+            self.outcomes.out_of_budget(p, f"{unaffordable}: {why.message}")
+            return why
+        if any(r.status == "sandbox_error" for r in results):
+            self.outcomes.not_judged(p, results)
+            return None
+        return results
+
     def _judge(self, p: ProposalRow, plan: Plan) -> StopReason | None:
         """Judge a committed child on its plan's instances against its baseline parent (by the acceptance
         rule and the gates), then validate an accepted one in stages."""
         assert p.child_sha is not None and plan.baseline is not None
-        child_results = self._evaluate(p.child_sha, plan.instances, plan.split)
-        if child_results is None:
-            why = self.meter.budget_stop(len(plan.instances))
-            self.outcomes.out_of_budget(p, f"not evaluated: {why.message}")
-            return why
-        if any(r.status == "sandbox_error" for r in child_results):
-            self.outcomes.not_judged(p, child_results)
-            return None
+        child_results = self._judgeable(p, p.child_sha, plan, "not evaluated")
+        if not isinstance(child_results, list):
+            return child_results
         # The parent's results there are stored (a mutation's parent was evaluated on the minibatch, a merge's
-        # parents were validated): no evaluator call.
-        baseline = self._evaluate(plan.baseline_parent, plan.instances, plan.split)
-        if baseline is None:  # not stored (the evaluator changed since) and not affordable: no verdict now
-            why = self.meter.budget_stop(len(plan.instances))
-            self.outcomes.out_of_budget(p, f"its parent could not be evaluated: {why.message}")
-            return why
-        if any(r.status == "sandbox_error" for r in baseline):
-            self.outcomes.not_judged(p, baseline)
-            return None
+        # parents were validated): no evaluator call, unless the evaluator changed since.
+        baseline = self._judgeable(p, plan.baseline_parent, plan, "its parent could not be evaluated")
+        if not isinstance(baseline, list):
+            return baseline
         verdict = judge(baseline, child_results, self.task.objective_specs, self.rule, plan.at_least)
         child_sum = sum(r.score for r in child_results)
         versus = plan.versus(child_sum, [self.label(s) for s in plan.parents])
@@ -452,9 +456,9 @@ class Engine:
         for k, stage in enumerate(race.stages()):
             got = self._evaluate(p.child_sha, stage, "val")
             if got is None:
-                why = self.meter.budget_stop(len(self.val) - len(seen))
-                self.outcomes.out_of_budget(p, f"accepted on the {versus}; validation stopped after {len(seen)} of "
-                                       f"{len(self.val)} instances: {why.message}", child_sum)
+                why = self.meter.budget_stop(len(stage) * self.task.repeats)
+                self.outcomes.out_of_budget(p, f"accepted on the {versus}; validation stopped after {len(seen)} "
+                                               f"of {len(self.val)} instances: {why.message}", child_sum)
                 return why
             if any(r.status == "sandbox_error" for r in got):
                 self.outcomes.not_judged(p, got)
@@ -462,11 +466,12 @@ class Engine:
             seen.extend(got)
             last = k == len(race.ends) - 1
             with self._lock:
-                stop = regressed_gate(seen, parents, self.task.objective_specs, last) or (None if last else race_stop(
-                    seen, parents, self.standings, self.task.objective_specs, race, self.race.confidence))
-            if stop:
-                reason = "gate" if stop.startswith("gate") else "raced"
-                self.outcomes.reject(p, plan, reason, f"accepted on the {versus}; {stop}", child_sum)
+                breach = regressed_gate(seen, parents, self.task.objective_specs, last)
+                raced = None if breach or last else race_stop(seen, parents, self.standings,
+                                                              self.task.objective_specs, race, self.race.confidence)
+            if breach or raced:
+                self.outcomes.reject(p, plan, "gate" if breach else "raced", f"accepted on the {versus}; "
+                                     f"{breach or raced}", child_sum)
                 return None
         by_id = {r.instance: r for r in seen}
         with self._lock:
