@@ -273,9 +273,10 @@ def task_toml(name: str, target: str, benchmarks: tuple[str, ...], timeout_s: fl
 
         [evolve]
         # A child that passes every test and is not slower (beyond the tolerance) is kept; the objective frontier
-        # keeps the fastest passing candidates as parents.
+        # keeps the fastest passing candidates as parents. The benchmarks are in every minibatch.
         frontier = "objective"
         accept = "ties"
+        always_in_minibatch = {json.dumps(list(benchmarks))}
 
         [sandbox]
         backend = "auto"

@@ -11,7 +11,8 @@ themselves live in evolver.config, task kinds and sandbox backends in the regist
             at_most } ...; default { score = "max" }; "score" is added first when missing (evolver.objectives)
 [evolve]    frontier = "instance" | "objective" | "hybrid" ("instance"); minibatch = 3;
             accept = "strict" | "ties" | "pareto" (pareto when several objectives are optimized, else strict);
-            race = true; race_confidence = 0.95; prompts = <folder of prompt templates> (none: the shipped ones);
+            race = true; race_confidence = 0.95; always_in_minibatch = [] (train ids in every minibatch);
+            prompts = <folder of prompt templates> (none: the shipped ones);
             merge = true; max_merges = 5
 [sandbox]   backend = "auto" | "docker" | "process" | a registered backend ("auto"); memory_mb = 1024; cpus = 1.0;
             max_processes = 64; output_limit_mb = 64; workers = 0 (auto);
@@ -60,7 +61,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
                  "timeout_s": _D.timeout_s, "profile": _D.profile, "repeats": _D.repeats,
                  "private": list(_D.private)},
     "evolve": {"frontier": _D.frontier, "minibatch": _D.minibatch, "accept": _D.accept, "merge": _D.merge,
-               "max_merges": _D.max_merges, "prompts": None, "race": _D.race, "race_confidence": _D.race_confidence},
+               "max_merges": _D.max_merges, "prompts": None, "race": _D.race, "race_confidence": _D.race_confidence,
+               "always_in_minibatch": []},
     "sandbox": {"backend": _D.backend, "memory_mb": _D.memory_mb, "cpus": _D.cpus,
                 "max_processes": _D.max_processes, "output_limit_mb": _D.output_limit_mb,
                 "workers": _D.sandbox_workers, "isolation": _D.isolation, "recycle_after": _D.recycle_after},
@@ -108,6 +110,7 @@ class EvolveConfig:
     accept: str | None = _D.accept  # one of config.ACCEPT_RULES; None: by the objectives (accept_rule_for)
     race: bool = _D.race  # validate accepted children in stages (engine.racing)
     race_confidence: float = _D.race_confidence
+    always_in_minibatch: tuple[str, ...] = ()  # train instances every minibatch holds (a speed task's benchmarks)
     merge: bool = _D.merge  # merge two frontier candidates now and then
     max_merges: int = _D.max_merges  # merge attempts over a run
     prompts: Path | None = None  # a folder of prompt templates overriding the shipped ones (inside the task)
@@ -383,7 +386,8 @@ def load_task(path: str | Path) -> Task:
         r.table(section)
     task = _read_task(r, root)
     task = _read_evaluate(r, task)
-    task = replace(task, objective_specs=_read_objectives(r), sandbox=_read_sandbox(r), evolve=_read_evolve(r, root))
+    task = replace(task, objective_specs=_read_objectives(r), sandbox=_read_sandbox(r),
+                   evolve=_read_evolve(r, root, task.instances))
     files = _task_files(task.root, task.seed_dir)
     digest = digest_files(task.root, files, extra=f"{task.kind}|{task.evaluator}|{task.tests}|{task.timeout_s}|"
                                                   f"{task.profile}|{task.sandbox.memory_mb}|"
@@ -479,7 +483,7 @@ def _read_sandbox(r: _Reader) -> SandboxConfig:
     )
 
 
-def _read_evolve(r: _Reader, root: Path) -> EvolveConfig:
+def _read_evolve(r: _Reader, root: Path, instances: Instances | None) -> EvolveConfig:
     frontier = _choice(r, "evolve", "frontier", FRONTIER_MODES)
     minibatch = int(_positive(r, "evolve", "minibatch", int, 1))
     accept = _choice(r, "evolve", "accept", ACCEPT_RULES) if r.table("evolve").get("accept") is not None else None
@@ -487,7 +491,11 @@ def _read_evolve(r: _Reader, root: Path) -> EvolveConfig:
     if not 0.5 <= confidence < 1:
         raise TaskError(r.file, "[evolve] race_confidence", "a number between 0.5 and 1 (below 1)", _found(confidence))
     prompts = r.get("evolve", "prompts", (str, type(None)), "a folder name")
-    return EvolveConfig(frontier=frontier, minibatch=minibatch, accept=accept,
+    always = r.get("evolve", "always_in_minibatch", list, "a list of train instance ids")
+    stray = [i for i in always if not isinstance(i, str) or (instances is not None and i not in instances.train)]
+    if stray:
+        raise TaskError(r.file, "[evolve] always_in_minibatch", "ids of train instances", _found(stray[0]))
+    return EvolveConfig(frontier=frontier, minibatch=minibatch, accept=accept, always_in_minibatch=tuple(always),
                         race=r.get("evolve", "race", bool, "true or false"), race_confidence=float(confidence),
                         merge=r.get("evolve", "merge", bool, "true or false"),
                         max_merges=int(_positive(r, "evolve", "max_merges", int, 0)),

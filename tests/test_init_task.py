@@ -84,6 +84,7 @@ def test_init_writes_a_task_that_eval_runs(repo: Path, tmp_path: Path, capsys: p
     assert (task.evolve.frontier, task.evolve.accept) == ("objective", "ties")
     assert task.objective_specs["score"].role == "gate" and task.objective_specs["score"].at_least == 1.0
     assert task.objective_specs["duration_s"].tolerance == 0.05 and task.accept_rule == "ties"
+    assert task.evolve.always_in_minibatch == (BENCH,)  # the benchmark is in every minibatch
     assert (out / "seed" / "slowstats" / "window.py").read_bytes() == before["slowstats/window.py"]
     assert not (out / "seed" / "tests").exists() and (out / "tests" / "test_window.py").is_file()
     splits = tomllib.loads((out / "instances.toml").read_text(encoding="utf-8"))

@@ -230,3 +230,17 @@ def test_instances_that_broke_a_gate_before_are_validated_first_as_a_stage_of_th
     assert race.stages()[0] == race.order[:2] and race.looks == 3  # the gate-only stage is no look
     plain = plan_race(ids, set(), random.Random(1), RaceSettings())
     assert plain.ends == (5, 10, 20, 40) and plain.looks == 3 and sorted(plain.order) == sorted(ids)
+
+
+def test_instances_always_in_the_minibatch_come_first_and_the_rest_is_drawn() -> None:
+    import random
+
+    from evolver.engine.plans import mutation_plan
+
+    standings = _standings({"seed": [1.0] * 4})
+    train = [f"t{k}" for k in range(10)]
+    for seed in range(10):
+        plan = mutation_plan(standings, train, 3, False, random.Random(seed), {}, always=("t7", "not-train"))
+        assert plan.instances[0] == "t7" and len(set(plan.instances)) == 3
+    assert mutation_plan(standings, train, 1, False, random.Random(0), {}, always=("t7", "t8")).instances == (
+        "t7", "t8")  # every benchmark, even beyond the minibatch size

@@ -60,6 +60,11 @@ def test_good_task_has_documented_defaults(tmp_path: Path) -> None:
         ("[task]\nmutable = ['sol.py']\n[sandbox]\nmemory_mb = true\n", "[sandbox] memory_mb", "True"),
         ("[task]\nmutable = ['sol.py']\n[evolve]\nfrontier = 'islands'\n", "[evolve] frontier", "'islands'"),
         ("[task]\nmutable = ['sol.py']\n[evolve]\nminibatch = 0\n", "[evolve] minibatch", "0"),
+        ("[task]\nmutable = ['sol.py']\n[evolve]\nalways_in_minibatch = ['a', 'zz']\n",
+         "[evolve] always_in_minibatch", "'zz'"),
+        ("[task]\nmutable = ['sol.py']\n[evolve]\nrace_confidence = 1\n", "[evolve] race_confidence", "1"),
+        ("[task]\nmutable = ['sol.py']\n[objectives]\ncost = { role = 'gate', at_most = 'x' }\n",
+         "[objectives] cost.at_most", "'x'"),
         ("[task\n", "(syntax)", "Expected"),
     ],
 )

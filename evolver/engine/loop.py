@@ -270,7 +270,7 @@ class Engine:
         rng = random.Random(f"{self.config.seed}:{it}")
         with self._lock:
             plan = mutation_plan(self.standings, self.train, self.config.minibatch, self.rule == "ties", rng,
-                                 self.knowledge.scores)
+                                 self.knowledge.scores, self.task.evolve.always_in_minibatch)
         return self._attempt(it, plan, self.proposer, rng, alone=not merged)
 
     def _attempt(self, it: int, plan: Plan, proposer: Proposer, rng: random.Random,

@@ -58,10 +58,18 @@ class Plan:
 
 
 def mutation_plan(standings: Standings, train: Sequence[str], minibatch: int, at_least: bool,
-                  rng: random.Random, known: Mapping[tuple[str, str], float] | None = None) -> Plan:
+                  rng: random.Random, known: Mapping[tuple[str, str], float] | None = None,
+                  always: Sequence[str] = ()) -> Plan:
+    """A parent drawn from the frontier and its minibatch: the `always` instances (a speed task's benchmarks)
+    first, the rest of `minibatch` drawn to discriminate."""
     frontier = standings.frontier()
     parent = frontier.select(rng)
-    batch = discriminating_minibatch(train, minibatch, parent, frontier.members, known or {}, rng)
+    in_train = set(train)
+    fixed = [i for i in dict.fromkeys(always) if i in in_train]
+    chosen = set(fixed)
+    rest = [i for i in train if i not in chosen]
+    batch = fixed + discriminating_minibatch(rest, max(0, minibatch - len(fixed)), parent, frontier.members,
+                                             known or {}, rng)
     return Plan(MUTATION, (parent,), tuple(batch), "train", None, at_least)
 
 
