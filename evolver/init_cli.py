@@ -50,5 +50,8 @@ def dispatch(args: argparse.Namespace) -> int:
             print(f"left out {len(ids)} tests {why} on the repository's code (they measure nothing): {shown}")
     if not result.benchmarks:
         print(f"note: no test id contains {args.bench!r}: the duration of every test is the runtime objective")
-    print(f"next: evolver eval {result.task_dir}    then: evolver run {result.task_dir} --model ...")
+    print(f"budget: one validation runs every test once ({len(result.tests)} evaluator calls); --budget-evals "
+          f"{result.suggested_budget} or more pays for validating the seed and about 5 accepted children")
+    print(f"next: evolver eval {result.task_dir}    then: evolver run {result.task_dir} --model ... "
+          f"--budget-evals {result.suggested_budget}")
     return 0

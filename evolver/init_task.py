@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PASSING_STATUSES, Defaults
+from .engine.budget import planned_evals
 from .errors import UserInputError
 from .task import load_task
 
@@ -58,10 +59,16 @@ class InitResult:
     failing: tuple[str, ...] = ()  # failing on the seed (only with allow_failing): left out of the instances
     support_files: tuple[str, ...] = ()  # written into the task's tests/ from outside the repository's tests
 
+    @property
+    def suggested_budget(self) -> int:
+        """--budget-evals that validates the seed and a few accepted children (each runs every test once)."""
+        return planned_evals(len(self.tests), Defaults.minibatch, Defaults.repeats)
+
     def to_json(self) -> dict[str, Any]:
         return {"task_dir": str(self.task_dir), "name": self.name, "target": self.target, "tests": list(self.tests),
                 "benchmarks": list(self.benchmarks), "seed_files": self.seed_files, "skipped": list(self.skipped),
-                "failing": list(self.failing), "support_files": list(self.support_files)}
+                "failing": list(self.failing), "support_files": list(self.support_files),
+                "validation_calls": len(self.tests), "suggested_budget_evals": self.suggested_budget}
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -76,6 +76,8 @@ def test_init_writes_a_task_that_eval_runs(repo: Path, tmp_path: Path, capsys: p
     assert code == 0
     written = json.loads(capsys.readouterr().out)
     assert written["benchmarks"] == [BENCH] and len(written["tests"]) == 11
+    # one validation runs the 11 tests; the seed and 5 accepted children with their minibatches: 11 + 5 * (11 + 6)
+    assert written["validation_calls"] == 11 and written["suggested_budget_evals"] == 96
     assert _files(repo) == before, "init must not write into the repository"
 
     task = load_task(out)

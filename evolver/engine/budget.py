@@ -81,6 +81,11 @@ def stop_reason(budget: Budget, usage: Usage) -> StopReason | None:
 PLANNED_ACCEPTS = 5
 
 
+def planned_evals(val: int, minibatch: int, repeats: int) -> int:
+    """Evaluator calls that validate the seed and PLANNED_ACCEPTS accepted children, with their iterations."""
+    return val * repeats + PLANNED_ACCEPTS * (val * repeats + 2 * minibatch * repeats)
+
+
 def budget_advice(budget: Budget, val: int, minibatch: int, repeats: int, used: int) -> str | None:
     """At start: when the evaluator-call budget cannot pay for validating PLANNED_ACCEPTS accepted children, say
     what one costs and what budget would; None when it can (or there is no call budget)."""
@@ -88,7 +93,7 @@ def budget_advice(budget: Budget, val: int, minibatch: int, repeats: int, used: 
         return None
     per_iteration = 2 * minibatch * repeats  # the parent's minibatch (often cached) and the child's
     per_accept = val * repeats  # an accepted child is validated on the whole validation split
-    needed = used + val * repeats + PLANNED_ACCEPTS * (per_accept + per_iteration)
+    needed = used + planned_evals(val, minibatch, repeats)
     if budget.max_evals >= needed:
         return None
     affordable = max(0, (budget.max_evals - used - val * repeats) // max(1, per_accept + per_iteration))
