@@ -34,9 +34,10 @@ from .task import load_task
 # Names that are never code at any depth (VCS, caches, tool folders; none is a Python package name)...
 SKIPPED_DIRS = {".git", ".hg", ".svn", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache",
                 ".tox", ".nox", "node_modules", ".eggs"}
-# ...and names that are build output or environments at the repository's top level, but can be real subpackages
-# deeper down (`pkg/build/`), so they are skipped only there. A virtualenv is recognised by its pyvenv.cfg.
-TOP_LEVEL_SKIPPED_DIRS = {"venv", "env", "build", "dist", "runs"}
+# ...and names that are build output, environments or documentation at the repository's top level, but can be
+# real subpackages deeper down (`pkg/build/`), so they are skipped only there; so is every hidden folder there
+# (`.github`, `.idea`, `.vscode`: never an importable package). A virtualenv is recognised by its pyvenv.cfg.
+TOP_LEVEL_SKIPPED_DIRS = {"venv", "env", "build", "dist", "runs", "docs", "doc"}
 # The files pytest reads its settings from, in the order it looks for them in a folder (pytest 9); the first
 # one holding pytest settings wins.
 PYTEST_CONFIG_FILES = ("pytest.toml", ".pytest.toml", "pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini",
@@ -83,7 +84,8 @@ def _copy_tree(src: Path, dst: Path, skip: set[Path], top_level_skip: frozenset[
         here = Path(dirpath)
         top = here == src
         dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.endswith(".egg-info")
-                             and not (top and d in top_level_skip) and not (here / d / "pyvenv.cfg").is_file()
+                             and not (top and top_level_skip and (d in top_level_skip or d.startswith(".")))
+                             and not (here / d / "pyvenv.cfg").is_file()
                              and (here / d).resolve() not in skip)
         for name in sorted(filenames):
             source = here / name

@@ -192,7 +192,8 @@ def test_root_and_tests_conftest_both_load_tests_one_overriding(repo: Path, tmp_
     assert len(seed) == 12 and all(r.ok for r in seed), [r.feedback for r in seed if not r.ok]
 
 
-def test_build_named_subpackages_are_copied_top_level_build_and_virtualenvs_not(repo: Path, tmp_path: Path) -> None:
+def test_subpackages_are_copied_top_level_build_docs_hidden_folders_and_virtualenvs_not(repo: Path,
+                                                                                        tmp_path: Path) -> None:
     (repo / "slowstats" / "build").mkdir()
     (repo / "slowstats" / "build" / "__init__.py").write_text("", encoding="utf-8")
     (repo / "slowstats" / "build" / "fast.py").write_text("def f():\n    return 1\n", encoding="utf-8")
@@ -201,11 +202,18 @@ def test_build_named_subpackages_are_copied_top_level_build_and_virtualenvs_not(
     (repo / "slowstats" / "myenv").mkdir()
     (repo / "slowstats" / "myenv" / "pyvenv.cfg").write_text("home = /usr/bin\n", encoding="utf-8")
     (repo / "slowstats" / "myenv" / "lib.py").write_text("X = 1\n", encoding="utf-8")
+    for folder, name in ((".github/workflows", "ci.yml"), (".idea", "workspace.xml"), ("docs", "index.rst"),
+                         ("slowstats/docs", "notes.py")):
+        (repo / folder).mkdir(parents=True)
+        (repo / folder / name).write_text("x = 1\n", encoding="utf-8")
     result = init_pytest_task(repo, "slowstats/build/fast.py", out=tmp_path / "task")
     seed = result.task_dir / "seed"
     assert result.target == "slowstats/build/fast.py" and (seed / "slowstats" / "build" / "fast.py").is_file()
     assert load_task(result.task_dir).mutable == ("slowstats/build/fast.py",)
     assert not (seed / "build").exists() and not (seed / "slowstats" / "myenv").exists()
+    # hidden tool folders and the documentation at the top level are never part of the seed
+    assert not (seed / ".github").exists() and not (seed / ".idea").exists() and not (seed / "docs").exists()
+    assert (seed / "slowstats" / "docs" / "notes.py").is_file()  # a subpackage named docs is code
 
     with pytest.raises(UserInputError, match=r"--target: expected build/old.py to be copied into the task's seed"):
         init_pytest_task(repo, "build/old.py", out=tmp_path / "task2")
