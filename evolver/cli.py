@@ -161,11 +161,11 @@ def _render_eval(report, verbose: bool) -> None:
         if not r.ok and r.stderr.strip():
             body += "\n--- stderr (tail) ---\n" + clip(r.stderr.strip(), 1200)
         console.print(Panel(Text(sanitize(body)), title=Text(f"{r.instance}: {r.status}"), title_align="left",
-                            border_style="red" if not r.ok else "dim"))
+                            border_style="red" if not r.ok else "dim", expand=False))
     table_text = hot_spot_table(report.results)
     if table_text:
         console.print(Panel(Text(sanitize(table_text)), title="profile hot spots (candidate files)",
-                            title_align="left", border_style="dim"))
+                            title_align="left", border_style="dim", expand=False))
     if not report.trusted_scores:
         console.print(Text("note: these scores trust the candidate's process (the task's kind scores inside it, "
                            "as pytest tests import the candidate)", style="yellow"))

@@ -185,7 +185,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                        f"{doc['status']}" + (f" ({doc['reason']})" if doc["reason"] else "")))
     for label in ("diagnosis", "change", "detail"):
         if doc[label]:
-            console.print(Panel(Text(sanitize(doc[label])), title=label, title_align="left"))
+            console.print(Panel(Text(sanitize(doc[label])), title=label, title_align="left", expand=False))
     if doc["child_minibatch_sum"] is not None or doc["parent_minibatch_sum"] is not None:
         console.print(Text(f"minibatch sum: child {_fmt(doc['child_minibatch_sum'])} vs parent "
                            f"{_fmt(doc['parent_minibatch_sum'])}"))
@@ -200,10 +200,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
         console.print(table)
     if doc.get("gate_breaches"):
         console.print(Panel(Text(sanitize("\n".join(doc["gate_breaches"]))), title="gates broken",
-                            title_align="left"))
+                            title_align="left", expand=False))
     for f in doc.get("failures", [])[:10]:
-        console.print(Panel(Text(sanitize(f["feedback"] or "(no feedback)")), title=f"{f['instance']}: {f['status']}",
-                            title_align="left"))
+        title = Text(f"{f['instance']}: {f['status']}")  # an id is no markup
+        console.print(Panel(Text(sanitize(f["feedback"] or "(no feedback)")), title=title, title_align="left",
+                            expand=False))
     if doc["llm_calls"]:
         _print_llm_calls(console, doc["llm_calls"])
     if doc["diff"]:
