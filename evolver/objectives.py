@@ -77,10 +77,13 @@ class Objective:
         return not ((self.at_least is not None and value < self.at_least) or
                     (self.at_most is not None and value > self.at_most))
 
+    def bound_text(self) -> str:
+        """'>= 1' / '<= 5' / '>= 1 and <= 5' ('' without a bound)."""
+        return " and ".join(x for x in (f">= {self.at_least:g}" if self.at_least is not None else "",
+                                        f"<= {self.at_most:g}" if self.at_most is not None else "") if x)
+
     def describe(self) -> str:
-        bound = [f">= {self.at_least:g}" if self.at_least is not None else "",
-                 f"<= {self.at_most:g}" if self.at_most is not None else ""]
-        extra = " ".join(b for b in bound if b) or ("no regression" if self.role == "gate" else "")
+        extra = self.bound_text() or ("no regression" if self.role == "gate" else "")
         noise = f", tolerance {self.tolerance:g}" if self.tolerance else ""
         return f"{self.name} ({self.direction}, {self.role}{' ' + extra if extra else ''}{noise})"
 
@@ -127,9 +130,7 @@ def gate_failures(results: Sequence[Any], specs: Mapping[str, Objective],
                 continue
             value = instance_value(r, spec.name)
             shown = "no result" if value is None or r.status == "skipped" else f"{value:.6g}"
-            need = " and ".join(x for x in (f">= {spec.at_least:g}" if spec.at_least is not None else "",
-                                            f"<= {spec.at_most:g}" if spec.at_most is not None else "") if x)
-            out.append(f"{r.instance}: {spec.name} = {shown} ({r.status}), needs {need}")
+            out.append(f"{r.instance}: {spec.name} = {shown} ({r.status}), needs {spec.bound_text()}")
     return out
 
 

@@ -50,6 +50,7 @@ class Standings:
         self._results: dict[str, tuple[InstanceResult, ...]] = {}
         self._order: dict[str, int] = {}
         self._frontier: Frontier | None = None
+        self._best: str | None = None  # computed with the frontier
 
     def add(self, sha: str, results: Sequence[InstanceResult], order: int) -> CandidateScores:
         """`order` places the candidate among the others (its proposal's id; the seed 0): ties on the frontier and
@@ -90,23 +91,23 @@ class Standings:
         """The bounded gates the candidate breaks on validation instances (one line each)."""
         return self._breaches.get(sha, ())
 
-    def _eligible(self) -> list[str]:
+    def _eligible(self) -> list[CandidateScores]:
         """Candidates that keep every bounded gate on every validation instance (all, when none does)."""
-        keeping = [s for s in self._scores if not self._breaches.get(s)]
-        return keeping or list(self._scores)
+        keeping = [c for s, c in self._scores.items() if not self._breaches.get(s)]
+        return keeping or list(self._scores.values())
 
     def frontier(self) -> Frontier:
-        # Rebuilt only when a candidate joins: selection and the live view reuse it.
+        # Rebuilt only when a candidate joins: selection, the live view and `best` reuse it.
         if self._frontier is None:
-            eligible = set(self._eligible())
-            self._frontier = build_frontier([c for s, c in self._scores.items() if s in eligible], self.val_ids,
-                                            self.optimized, self.mode)
+            eligible = self._eligible()
+            self._frontier = build_frontier(eligible, self.val_ids, self.optimized, self.mode)
+            self._best = max(eligible, key=lambda c: rank_key(c.objectives, self.optimized)).candidate \
+                if eligible else None
         return self._frontier
 
     def best(self) -> str | None:
-        if not self._scores:
-            return None
-        return max(self._eligible(), key=lambda s: rank_key(self._scores[s].objectives, self.optimized))
+        self.frontier()
+        return self._best
 
     def best_objectives(self) -> dict[str, float | None] | None:
         b = self.best()

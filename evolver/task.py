@@ -386,7 +386,7 @@ def load_task(path: str | Path) -> Task:
         r.table(section)
     task = _read_task(r, root)
     task = _read_evaluate(r, task)
-    task = replace(task, objective_specs=_read_objectives(r), sandbox=_read_sandbox(r),
+    task = replace(task, objective_specs=parse_objectives(r.table("objectives"), r.file), sandbox=_read_sandbox(r),
                    evolve=_read_evolve(r, root, task.instances))
     files = _task_files(task.root, task.seed_dir)
     digest = digest_files(task.root, files, extra=f"{task.kind}|{task.evaluator}|{task.tests}|{task.timeout_s}|"
@@ -463,11 +463,6 @@ def _read_evaluate(r: _Reader, task: Task) -> Task:
     return replace(task, kind=kind_name, evaluator=paths["evaluator"], tests=paths["tests"], instances=instances,
                    timeout_s=timeout_s, profile=profile, repeats=repeats, private=tuple(private),
                    harness_mode=kind.harness_mode, trusted_scores=bool(kind.trusted_scores))
-
-
-def _read_objectives(r: _Reader) -> dict[str, Objective]:
-    raw = r.table("objectives") if "objectives" in r.data else {}
-    return parse_objectives(raw, r.file)
 
 
 def _read_sandbox(r: _Reader) -> SandboxConfig:

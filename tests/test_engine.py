@@ -143,7 +143,7 @@ def test_resume_judges_a_committed_child_from_its_stored_plan(tmp_path: Path) ->
     engine = kit.engine
     original = engine._judge
 
-    def die(p, plan):  # the process dies after the child is committed, before it is judged
+    def die(*_):  # the process dies after the child is committed, before it is judged
         raise Killed
 
     engine._judge = die  # type: ignore[method-assign]

@@ -376,7 +376,7 @@ class Engine:
                                    files=sorted(proposal.changes), failure_kinds=failure_kinds)
         if held is not None:
             self.meter.release(held)  # the child's evaluation reserves its calls itself
-        return self._judge(self._proposal(pid), plan)
+        return self._judge(self._proposal(pid), plan, list(parent_results) or None)
 
     def _proposal(self, pid: int) -> ProposalRow:
         row = self.store.proposal(pid)
@@ -399,13 +399,7 @@ class Engine:
             self.store.update_proposal(p.id, child_sha=orphan.sha, branch=branch)
             p = replace(p, child_sha=orphan.sha, branch=branch)
             self._labels[orphan.sha] = f"c{p.id}"
-        plan = plan_of(p, self.rule == "ties", self.store.merge(p.id))
-        if plan.baseline is None:
-            parent_results = self._evaluate(plan.parents[0], plan.instances, plan.split)
-            if parent_results is None:
-                return
-            plan = replace(plan, baseline=sum(r.score for r in parent_results))
-        self._judge(p, plan)
+        self._judge(p, plan_of(p, self.rule == "ties", self.store.merge(p.id)))
 
     def _judgeable(self, p: ProposalRow, sha: str, plan: Plan, unaffordable: str
                    ) -> list[InstanceResult] | StopReason | None:
@@ -421,18 +415,24 @@ class Engine:
             return None
         return results
 
-    def _judge(self, p: ProposalRow, plan: Plan) -> StopReason | None:
+    def _judge(self, p: ProposalRow, plan: Plan, baseline: list[InstanceResult] | None = None
+               ) -> StopReason | None:
         """Judge a committed child on its plan's instances against its baseline parent (by the acceptance
-        rule and the gates), then validate an accepted one in stages."""
-        assert p.child_sha is not None and plan.baseline is not None
+        rule and the gates), then validate an accepted one in stages. `baseline`: the parent's results there,
+        when the caller has them."""
+        assert p.child_sha is not None
         child_results = self._judgeable(p, p.child_sha, plan, "not evaluated")
         if not isinstance(child_results, list):
             return child_results
-        # The parent's results there are stored (a mutation's parent was evaluated on the minibatch, a merge's
-        # parents were validated): no evaluator call, unless the evaluator changed since.
-        baseline = self._judgeable(p, plan.baseline_parent, plan, "its parent could not be evaluated")
-        if not isinstance(baseline, list):
-            return baseline
+        if baseline is None:
+            # Stored (a merge's parents were validated; a mutation's parent was evaluated on its minibatch before
+            # a kill): no evaluator call, unless the evaluator changed since.
+            found = self._judgeable(p, plan.baseline_parent, plan, "its parent could not be evaluated")
+            if not isinstance(found, list):
+                return found
+            baseline = found
+        if plan.baseline is None:
+            plan = replace(plan, baseline=sum(r.score for r in baseline))
         verdict = judge(baseline, child_results, self.task.objective_specs, self.rule, plan.at_least)
         child_sum = sum(r.score for r in child_results)
         versus = plan.versus(child_sum, [self.label(s) for s in plan.parents])
